@@ -1,0 +1,34 @@
+# Quickstart: `make run` (default simulation end to end) and `make test` (the whole suite).
+# Both create .venv when it is missing (pinned CPU torch first, then the project with its dev
+# extras) and are quick when it exists.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedmtl-installed
+TORCH := torch==2.13.0
+ARGS ?=
+
+.PHONY: run test lint venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m experiments.launch $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf results .state

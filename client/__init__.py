@@ -1,0 +1,1 @@
+"""The Flower ClientApp: local training schedules and the private (never shared) state."""

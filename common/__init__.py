@@ -1,0 +1,1 @@
+"""Code shared by the ServerApp, the ClientApp and the experiments."""

@@ -1,0 +1,200 @@
+"""Offline datasets: each builder returns a `Pool` — all examples of a federation, with the
+labels of every task, the column that partitioners split by, and the task specs.
+
+Everything is generated or read from packages on disk (scikit-learn's digits, the CSV that
+`palmerpenguins` ships); nothing is downloaded. Builders are pure functions of their seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
+
+
+@dataclass
+class Pool:
+    """All examples of a dataset before partitioning.
+
+    `partition_by` is the label that Dirichlet/shard partitioners skew (e.g. the left digit);
+    `holdout` marks examples reserved for the clients' test splits (MultiDigits builds its
+    test pairs from a separate pool of digit images so no image is both trained and tested);
+    `natural_group` is a natural client id where the data have one (Penguins' islands).
+    """
+
+    x: np.ndarray
+    y: dict[str, np.ndarray]
+    tasks: list[TaskSpec]
+    partition_by: np.ndarray
+    holdout: np.ndarray | None = None
+    natural_group: np.ndarray | None = None
+    group_names: list[str] = field(default_factory=list)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+SYNTH_INPUT_DIM = 16
+MULTIDIGITS_TASKS = [
+    TaskSpec("left", "multiclass", 10),
+    TaskSpec("right", "multiclass", 10),
+    TaskSpec("sum", "regression", offset=9.0, scale=4.0),
+    TaskSpec("parity", "binary", 2),
+    TaskSpec("equal", "binary", 2),
+]
+
+
+def multidigits(num_examples: int, seed: int, test_fraction: float = 0.15) -> Pool:
+    """Pairs of 8x8 digits side by side on an 8x16 canvas.
+
+    The digit images are split into a training pool and a test pool first, then pairs are
+    built within each pool. Tasks: left digit, right digit, sum (regression), parity of the
+    sum, and whether both digits are equal (imbalanced, about 10 % positive).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed
+    )
+    n_test = round(num_examples * test_fraction)
+    parts = [
+        _digit_pairs(images, labels, train_idx, num_examples - n_test, rng),
+        _digit_pairs(images, labels, test_idx, n_test, rng),
+    ]
+    x = np.concatenate([p[0] for p in parts])
+    left = np.concatenate([p[1] for p in parts])
+    right = np.concatenate([p[2] for p in parts])
+    holdout = np.concatenate([np.zeros(len(parts[0][0]), bool), np.ones(len(parts[1][0]), bool)])
+    y = {
+        "left": left,
+        "right": right,
+        "sum": (left + right).astype(np.float32),
+        "parity": (left + right) % 2,
+        "equal": (left == right).astype(np.int64),
+    }
+    # Interleave the two pools so that partitioners, which cut each label's examples into
+    # contiguous runs, give every client its share of holdout (test) pairs.
+    order = rng.permutation(len(x))
+    return Pool(
+        x=x[order],
+        y={t: v[order] for t, v in y.items()},
+        tasks=list(MULTIDIGITS_TASKS),
+        partition_by=left[order],
+        holdout=holdout[order],
+    )
+
+
+def _digit_pairs(
+    images: np.ndarray, labels: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # About one pair in ten shows the same digit twice, so `equal` is learnable but rare.
+    a = rng.choice(pool, size=n)
+    b = rng.choice(pool, size=n)
+    same = rng.random(n) < 0.1
+    by_label = {d: pool[labels[pool] == d] for d in range(10)}
+    b[same] = [rng.choice(by_label[labels[i]]) for i in a[same]]
+    x = np.concatenate([images[a], images[b]], axis=2)  # (n, 8, 16)
+    return x, labels[a], labels[b]
+
+
+def synthcorr(
+    num_examples: int,
+    seed: int,
+    num_tasks: int = 4,
+    correlation: float = 0.5,
+    input_dim: int = SYNTH_INPUT_DIM,
+    num_clusters: int = 10,
+) -> Pool:
+    """MMoE-style synthetic tasks with controlled relatedness (Ma et al. 2018, sec. 4).
+
+    Task weight vectors w_t = c(√ρ·u_0 + √(1-ρ)·u_t) with orthonormal u's have pairwise cosine
+    ρ = `correlation`; y_t = w_tᵀx + Σ_k sin(a_k w_tᵀx + b_k) + noise. Even-numbered tasks are
+    regression, odd-numbered ones binary (y_t above its median). Inputs come from a mixture of
+    Gaussian clusters; the cluster id is what Dirichlet partitioning skews.
+    """
+    if not 0.0 <= correlation <= 1.0:
+        raise ValueError(f"synth-correlation must be in [0, 1], got {correlation}")
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(input_dim, num_tasks + 1)))
+    c = 1.0
+    w = [
+        c * (np.sqrt(correlation) * basis[:, 0] + np.sqrt(1 - correlation) * basis[:, t + 1])
+        for t in range(num_tasks)
+    ]
+    centers = rng.normal(scale=1.0, size=(num_clusters, input_dim))
+    cluster = rng.integers(0, num_clusters, size=num_examples)
+    x = (centers[cluster] + rng.normal(size=(num_examples, input_dim))).astype(np.float32)
+    a, b = rng.normal(size=10), rng.normal(size=10)
+    tasks, y = [], {}
+    for t in range(num_tasks):
+        proj = x @ w[t]
+        value = (
+            proj + np.sin(np.outer(proj, a) + b).sum(axis=1) + rng.normal(scale=0.1, size=len(x))
+        )
+        name = f"t{t}"
+        if t % 2 == 0:
+            tasks.append(
+                TaskSpec(name, "regression", offset=float(value.mean()), scale=float(value.std()))
+            )
+            y[name] = value.astype(np.float32)
+        else:
+            tasks.append(TaskSpec(name, "binary", 2))
+            y[name] = (value > np.median(value)).astype(np.int64)
+    return Pool(x=x, y=y, tasks=tasks, partition_by=cluster)
+
+
+def input_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """Input shape of the configured dataset (the server builds the encoder from it)."""
+    if cfg.dataset == "multidigits":
+        return (8, 16)
+    if cfg.dataset == "synthcorr":
+        return (SYNTH_INPUT_DIM,)
+    return build_pool(cfg, 1).input_shape
+
+
+def dataset_tasks(cfg: RunConfig) -> list[str]:
+    """Task names of the configured dataset, without building its data."""
+    if cfg.dataset == "multidigits":
+        return [t.name for t in MULTIDIGITS_TASKS]
+    if cfg.dataset == "synthcorr":
+        return [f"t{t}" for t in range(cfg.synth_tasks)]
+    return build_pool(cfg, 1).task_names
+
+
+def build_pool(cfg: RunConfig, num_partitions: int) -> Pool:
+    """The configured dataset's pool: `samples-per-client` examples per partition."""
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"dataset '{cfg.dataset}' is unknown; valid: {sorted(DATASETS)}")
+    return DATASETS[cfg.dataset](cfg, num_partitions)
+
+
+DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
+    "multidigits": lambda cfg, n: multidigits(cfg.samples_per_client * n, cfg.seed),
+    "synthcorr": lambda cfg, n: synthcorr(
+        cfg.samples_per_client * n,
+        cfg.seed,
+        num_tasks=cfg.synth_tasks,
+        correlation=cfg.synth_correlation,
+    ),
+}

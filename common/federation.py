@@ -1,0 +1,189 @@
+"""From a dataset pool to one client's data: partitioning, the task plan, and splits.
+
+Partitioning uses Flower Datasets' partitioners on an index column, so the same partitioner
+objects users know from `FederatedDataset` decide which example goes where. Results are cached
+per process and per partitioning: virtual clients that share an actor reuse them read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from common.config import ConfigError, RunConfig
+from common.datasets import Pool, build_pool
+from common.tasks import TaskSpec
+
+# Default task sets per dataset: heterogeneous, mixing classification and regression.
+DEFAULT_PLANS: dict[str, str] = {
+    "multidigits": (
+        "left,right,sum;left,parity;right,sum,equal;left,right;sum,parity,equal;left,sum"
+    ),
+    "synthcorr": "t0,t1;t1,t2,t3;t0,t2;t0,t1,t3;t2,t3;t0,t3",
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray
+    y: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's tasks and its train/validation/test splits (made before any training)."""
+
+    client_id: int
+    tasks: tuple[TaskSpec, ...]
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+def parse_plan(plan: str, task_names: list[str], num_clients: int) -> list[list[str]]:
+    """Task set of every client from a plan string 'a,b;c;...' (client i gets entry i mod n)."""
+    entries = [[t.strip() for t in part.split(",") if t.strip()] for part in plan.split(";")]
+    entries = [e for e in entries if e]
+    if not entries:
+        raise ConfigError("run config 'plan' names no tasks")
+    for i, entry in enumerate(entries):
+        unknown = [t for t in entry if t not in task_names]
+        if unknown:
+            raise ConfigError(
+                f"run config 'plan' entry {i} names unknown tasks {unknown}; "
+                f"valid tasks: {task_names}"
+            )
+        if len(set(entry)) != len(entry):
+            raise ConfigError(f"run config 'plan' entry {i} repeats a task: {entry}")
+    return [entries[i % len(entries)] for i in range(num_clients)]
+
+
+def client_tasks(
+    cfg: RunConfig, pool_tasks: list[str], client_id: int, num_clients: int
+) -> list[str]:
+    plan = cfg.plan or DEFAULT_PLANS.get(cfg.dataset, ",".join(pool_tasks))
+    return parse_plan(plan, pool_tasks, num_clients)[client_id]
+
+
+@lru_cache(maxsize=4)
+def cached_pool(cfg: RunConfig, num_partitions: int) -> Pool:
+    return build_pool(cfg, num_partitions)
+
+
+@lru_cache(maxsize=4)
+def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """Example indices of every partition, from Flower Datasets' partitioners."""
+    pool = cached_pool(cfg, num_partitions)
+    if cfg.partitioner == "natural":
+        if pool.natural_group is None:
+            raise ConfigError(
+                f"run config 'partitioner' = 'natural' needs a dataset with natural clients; "
+                f"'{cfg.dataset}' has none (use iid, dirichlet or shards)"
+            )
+        groups = np.unique(pool.natural_group)
+        if len(groups) != num_partitions:
+            raise ConfigError(
+                f"dataset '{cfg.dataset}' has {len(groups)} natural clients; run with that many "
+                f"(num-clients = {len(groups)}), got {num_partitions}"
+            )
+        return tuple(np.flatnonzero(pool.natural_group == g) for g in groups)
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
+
+    table = Dataset.from_dict({"idx": np.arange(len(pool)), "label": pool.partition_by})
+    if cfg.partitioner == "iid":
+        partitioner = IidPartitioner(num_partitions=num_partitions)
+    elif cfg.partitioner == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=cfg.dirichlet_alpha,
+            min_partition_size=min(10, len(pool) // num_partitions),
+            self_balancing=True,
+            seed=cfg.seed,
+        )
+    else:
+        partitioner = ShardPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            num_shards_per_partition=cfg.shards_per_client,
+            seed=cfg.seed,
+        )
+    partitioner.dataset = table
+    return tuple(
+        np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+        for i in range(num_partitions)
+    )
+
+
+@lru_cache(maxsize=64)
+def load_client_data(cfg: RunConfig, client_id: int, num_partitions: int) -> ClientData:
+    """The data and tasks of client `client_id` (cached per process)."""
+    if not 0 <= client_id < num_partitions:
+        raise ConfigError(f"partition-id {client_id} is outside 0..{num_partitions - 1}")
+    pool = cached_pool(cfg, num_partitions)
+    idx = partition_indices(cfg, num_partitions)[client_id]
+    if len(idx) == 0:
+        raise ConfigError(f"client {client_id}: its partition of '{cfg.dataset}' is empty")
+    names = client_tasks(cfg, pool.task_names, client_id, num_partitions)
+    tasks = tuple(t for t in pool.tasks if t.name in names)
+    train_idx, val_idx, test_idx = split_indices(pool, idx, cfg.seed + client_id)
+    return ClientData(
+        client_id=client_id,
+        tasks=tasks,
+        train=_take(pool, train_idx, names),
+        val=_take(pool, val_idx, names),
+        test=_take(pool, test_idx, names),
+        input_shape=pool.input_shape,
+    )
+
+
+def split_indices(
+    pool: Pool, idx: np.ndarray, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/validation/test split of one client's examples, stratified where possible.
+
+    Examples the dataset marks as holdout (MultiDigits' separate image pool) form the test
+    split; the others are split into train and validation.
+    """
+    rng = np.random.default_rng(seed)
+    if pool.holdout is not None:
+        test = idx[pool.holdout[idx]]
+        rest = idx[~pool.holdout[idx]]
+        val_share = val_fraction / (1.0 - test_fraction)
+        train, val = _stratified_split(rest, pool.partition_by[rest], val_share, rng)
+        return train, val, test
+    rest, test = _stratified_split(idx, pool.partition_by[idx], test_fraction, rng)
+    val_share = val_fraction / (1.0 - test_fraction)
+    train, val = _stratified_split(rest, pool.partition_by[rest], val_share, rng)
+    return train, val, test
+
+
+def _stratified_split(
+    idx: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, move round(fraction * count) examples (at least one when a label has 3 or
+    more) into the second part; both parts keep the label mix of the client."""
+    first, second = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(idx[labels == label])
+        n = round(fraction * len(members))
+        if n == 0 and len(members) >= 3:
+            n = 1
+        second.append(members[:n])
+        first.append(members[n:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def _take(pool: Pool, idx: np.ndarray, names: list[str]) -> Split:
+    return Split(x=pool.x[idx], y={t: pool.y[t][idx] for t in names})

@@ -1,0 +1,227 @@
+"""Models: a shared encoder, one private head per task, and the multi-task model around them.
+
+Parameter names follow one scheme that the rest of the code relies on:
+`encoder.blocks.<k>.*` (shared, k = block index), `heads.<task>.*` (private), and, for the
+architectures and algorithms that need them, `gates.<task>.*` (MMoE, private) and
+`global_heads.<task>.*` (generic heads federated per task). `shared_keys` below is the only
+place that decides which of them travel to the server.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from common.tasks import TaskSpec
+
+
+class MLPEncoder(nn.Module):
+    """A stack of Linear+ReLU blocks; block granularity is what partial sharing counts."""
+
+    def __init__(self, input_dim: int, hidden: int, num_blocks: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden] * num_blocks
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.ReLU()) for i in range(num_blocks)
+        )
+        self.output_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class CNNEncoder(nn.Module):
+    """Small CNN for image inputs (GroupNorm, never BatchNorm: DP-SGD and FedAvg break on it)."""
+
+    def __init__(self, image_shape: tuple[int, int], hidden: int, num_blocks: int) -> None:
+        super().__init__()
+        channels = [1, 16, 32][: max(num_blocks, 2)]
+        convs = [
+            nn.Sequential(
+                nn.Conv2d(channels[i], channels[i + 1], 3, padding=1),
+                nn.GroupNorm(4, channels[i + 1]),
+                nn.ReLU(),
+            )
+            for i in range(len(channels) - 1)
+        ]
+        self.image_shape = image_shape
+        flat = channels[-1] * image_shape[0] * image_shape[1]
+        self.blocks = nn.ModuleList(
+            [*convs, nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU())]
+        )
+        self.output_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, *self.image_shape)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class MMoEEncoder(nn.Module):
+    """Multi-gate mixture of experts (Ma et al. 2018): the experts are the shared part; each
+    task routes through them with its own gate, which lives in `MultiTaskModel.gates`."""
+
+    def __init__(self, input_dim: int, hidden: int, num_blocks: int, num_experts: int) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.experts = nn.ModuleList(
+            MLPEncoder(input_dim, hidden, num_blocks) for _ in range(num_experts)
+        )
+        self.output_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert outputs stacked: (batch, experts, hidden)."""
+        return torch.stack([expert(x) for expert in self.experts], dim=1)
+
+
+def make_head(spec: TaskSpec, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.output_size))
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder + one head per task; `forward` returns {task: output}.
+
+    With `blend_global_heads`, each task also has a generic head (federated across the
+    clients that hold the task) whose output is added to the private head's output, as in
+    FedRoD: the generic head carries what all clients share, the private head the rest.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tasks: Sequence[TaskSpec],
+        *,
+        seed: int = 0,
+        global_heads: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = {t.name: t for t in tasks}
+        hidden = encoder.output_dim
+        self.heads = nn.ModuleDict(
+            {
+                t.name: _seeded(seed, f"head:{t.name}", lambda t=t: make_head(t, hidden))
+                for t in tasks
+            }
+        )
+        self.gates = nn.ModuleDict()
+        if isinstance(encoder, MMoEEncoder):
+            n_in, n_exp = encoder.input_dim, len(encoder.experts)
+            self.gates = nn.ModuleDict(
+                {
+                    t.name: _seeded(seed, f"gate:{t.name}", lambda: nn.Linear(n_in, n_exp))
+                    for t in tasks
+                }
+            )
+        self.global_heads = nn.ModuleDict()
+        if global_heads:
+            self.global_heads = nn.ModuleDict(
+                {
+                    t.name: _seeded(seed, f"global:{t.name}", lambda t=t: make_head(t, hidden))
+                    for t in tasks
+                }
+            )
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-task representation: the encoder output, or the task's gated expert mix."""
+        z = self.encoder(x)
+        if not self.gates:
+            return {t: z for t in self.heads}
+        flat = x.flatten(1)
+        return {
+            t: (torch.softmax(self.gates[t](flat), dim=-1).unsqueeze(-1) * z).sum(dim=1)
+            for t in self.heads
+        }
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.features(x)
+        out = {t: self.heads[t](feats[t]) for t in self.heads}
+        for t, head in self.global_heads.items():
+            out[t] = out[t] + head(feats[t])
+        return out
+
+
+def _seeded(seed: int, tag: str, factory: Callable[[], nn.Module]) -> nn.Module:
+    """Initialise a per-task module from (seed, tag) so every client that holds a task starts
+    from the same head: averaging heads (fedavg) then starts from one point."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed * 1_000_003 + zlib.crc32(tag.encode()))
+    try:
+        return factory()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def build_encoder(
+    architecture: str,
+    encoder: str,
+    input_shape: tuple[int, ...],
+    hidden: int,
+    num_blocks: int,
+    num_experts: int,
+    seed: int,
+) -> nn.Module:
+    """The encoder for a run; seeded so the server and a bare loop build identical weights."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    input_dim = int(torch.tensor(input_shape).prod())
+    try:
+        if architecture == "mmoe":
+            return MMoEEncoder(input_dim, hidden, num_blocks, num_experts)
+        if encoder == "cnn":
+            if len(input_shape) != 2:
+                raise ValueError(
+                    "run config 'encoder' = 'cnn' needs image inputs (2-D); this dataset's "
+                    f"inputs have shape {input_shape}; valid here: 'mlp'"
+                )
+            return CNNEncoder((input_shape[0], input_shape[1]), hidden, num_blocks)
+        return MLPEncoder(input_dim, hidden, num_blocks)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def encoder_block_of(key: str) -> int | None:
+    """Block index of an encoder parameter name (`encoder.blocks.2.0.weight` -> 2), for
+    partial sharing; MMoE experts count their blocks the same way."""
+    parts = key.split(".")
+    if "blocks" in parts:
+        return int(parts[parts.index("blocks") + 1])
+    return None
+
+
+def shared_keys(
+    model: nn.Module,
+    *,
+    share_encoder: bool,
+    shared_layers: int,
+    share_heads: bool,
+    share_global_heads: bool,
+) -> list[str]:
+    """The one definition of what travels to the server.
+
+    - the encoder, or only its first `shared_layers` blocks when that is > 0;
+    - task heads only when `share_heads` (fedavg), generic heads when `share_global_heads`;
+    - MMoE gates and private heads never.
+    """
+    keys = []
+    for key in model.state_dict():
+        top = key.split(".")[0]
+        if top == "encoder" and share_encoder:
+            block = encoder_block_of(key)
+            if shared_layers <= 0 or (block is not None and block < shared_layers):
+                keys.append(key)
+        elif (top == "heads" and share_heads) or (top == "global_heads" and share_global_heads):
+            keys.append(key)
+    return keys
+
+
+def count_parameters(model: nn.Module, keys: Sequence[str] | None = None) -> int:
+    state = model.state_dict()
+    return int(sum(state[k].numel() for k in (keys if keys is not None else state)))

@@ -1,0 +1,1 @@
+"""Deployment: certificates and keys, node configs, SuperLink/SuperNode launch scripts."""

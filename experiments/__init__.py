@@ -1,0 +1,1 @@
+"""Harnesses that use the app: simulation launcher, comparisons, benchmarks, attacks."""

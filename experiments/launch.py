@@ -1,0 +1,320 @@
+"""Run the Flower app through the Simulation Engine, end to end, and report honestly.
+
+`flwr run` exits 0 even when the run failed and leaves a managed SuperLink running. This
+launcher starts its own SuperLink (simulation mode, loopback, a free port) with a private
+FLWR_HOME, submits the app with `flwr run --stream`, shows one line per round, checks the
+run's status in `summary.json` and in `flwr ls`, stops the SuperLink it started (whole
+process group), and exits non-zero when the run failed.
+
+    fedmtl-run -c num-server-rounds=5 -c algorithm=local
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig, parse_run_config
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".state"
+
+
+def flower_env(state: Path = STATE) -> dict[str, str]:
+    """Environment for Flower/Ray processes: offline, quiet, files kept under `.state/`."""
+    env = os.environ.copy()
+    env.update(
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        RAY_TMPDIR=str(Path(tempfile.gettempdir()) / "fedmtl-ray"),
+        RAY_DEDUP_LOGS="0",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+        PYTHONUNBUFFERED="1",
+    )
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"SuperLink on port {port} not healthy after {timeout:.0f}s")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the whole group (SuperLink, simulation process, Ray), then SIGKILL."""
+    if proc.poll() is not None and not _group_alive(proc.pid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@dataclass
+class Outcome:
+    status: str
+    summary: dict[str, Any] | None
+    results_dir: Path
+    log_path: Path
+    wall_time_s: float
+    flower_status: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed" and self.flower_status.startswith("finished:completed")
+
+
+def run_simulation(
+    overrides: dict[str, Any] | None = None,
+    *,
+    app_dir: Path = REPO,
+    cpus_per_client: int | float = 1,
+    echo: bool = True,
+    timeout: float | None = None,
+) -> Outcome:
+    """Run the app once in the Simulation Engine with `overrides` of the run config."""
+    overrides = dict(overrides or {})
+    cfg = parse_run_config(overrides)  # fail fast, before any process starts
+    results_root = Path(overrides.get("results-dir", cfg.results_dir))
+    if not results_root.is_absolute():
+        results_root = Path.cwd() / results_root
+    overrides["results-dir"] = str(results_root)
+    if cfg.state_dir and not Path(cfg.state_dir).is_absolute():
+        overrides["state-dir"] = str(Path.cwd() / cfg.state_dir)
+    results_dir = results_root / cfg.name
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log_path = results_dir / "flower.log"
+    (results_dir / "summary.json").unlink(missing_ok=True)
+
+    STATE.mkdir(exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=STATE))
+    env = flower_env()
+    env["FLWR_HOME"] = str(home)
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedmtl-sim"\n\n[superlink.fedmtl-sim]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    run_config = home / "run-config.toml"
+    run_config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in overrides.items()))
+
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        superlink = subprocess.Popen(
+            [
+                "flower-superlink",
+                "--insecure",
+                "--simulation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=env,
+            cwd=str(app_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_healthy(port, superlink)
+            fed_cfg = (
+                f"num-supernodes={cfg.num_clients} "
+                f"client-resources-num-cpus={_toml(cpus_per_client)} client-resources-num-gpus=0.0"
+            )
+            cmd = [
+                "flwr",
+                "run",
+                str(app_dir),
+                "fedmtl-sim",
+                "--stream",
+                "--run-config",
+                str(run_config),
+                "--federation-config",
+                fed_cfg,
+            ]
+            _stream(cmd, env, log, echo=echo, timeout=timeout)
+            flower_status = _flower_status(env)
+        finally:
+            stop_process_group(superlink)
+            shutil.rmtree(home, ignore_errors=True)
+    summary_path = results_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    status = summary["status"] if summary else "failed"
+    return Outcome(status, summary, results_dir, log_path, time.perf_counter() - t0, flower_status)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _stream(cmd: list[str], env: dict[str, str], log, *, echo: bool, timeout: float | None) -> None:
+    """Run `flwr run --stream`, keep its whole output in the log, show our lines."""
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if echo and ("fedmtl |" in line or "ERROR" in line or "Error" in line):
+                print(line.rstrip().split("fedmtl | ", 1)[-1], flush=True)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"simulation did not finish within {timeout:.0f}s")
+        proc.wait(timeout=60)
+    finally:
+        stop_process_group(proc, grace=2.0)
+
+
+def _flower_status(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        ["flwr", "ls", "fedmtl-sim", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return "unknown"
+    return str(runs[-1].get("status", "unknown")) if runs else "unknown"
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A Markdown table of the final round's test metrics per task."""
+    rows = [
+        "| task | metric | mean over clients | weighted | std | worst 10 % | last-5 mean |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, metrics in summary.get("per_task", {}).items():
+        for name in ("test/accuracy", "test/macro_f1", "test/mae", "test/rmse", "test/r2"):
+            if name in metrics:
+                m = metrics[name]
+                rows.append(
+                    f"| {task} | {name[5:]} | {m['mean']:.4f} | {m['weighted']:.4f} | "
+                    f"{m['std']:.4f} | {m['worst10']:.4f} | {m['last5_mean']:.4f} |"
+                )
+    return "\n".join(rows)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """'key=value' strings (TOML values; bare words are strings) -> dict."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        for pair in item.split():
+            if "=" not in pair:
+                raise SystemExit(f"--run-config expects key=value, got '{pair}'")
+            key, raw = pair.split("=", 1)
+            try:
+                out[key] = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key] = raw
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "-c",
+        "--run-config",
+        action="append",
+        default=[],
+        help="override a run-config key: -c key=value (repeatable)",
+    )
+    parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.run_config)
+        cfg: RunConfig = parse_run_config(overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"fedmtl: {cfg.name}: {cfg.dataset}, {cfg.num_clients} clients, "
+        f"{cfg.num_server_rounds} rounds, algorithm {cfg.algorithm}, weighting {cfg.weighting}"
+    )
+    outcome = run_simulation(overrides, cpus_per_client=args.cpus_per_client, echo=not args.quiet)
+    if outcome.summary:
+        print()
+        print(summary_table(outcome.summary))
+        print(
+            f"\nbytes up {outcome.summary['bytes_up']:,}  down {outcome.summary['bytes_down']:,}  "
+            f"wall time {outcome.wall_time_s:.1f}s"
+        )
+    print(f"results: {outcome.results_dir}")
+    if not outcome.ok:
+        err = (outcome.summary or {}).get("error", f"no summary.json; see {outcome.log_path}")
+        print(
+            f"run FAILED (summary: {outcome.status}, flower: {outcome.flower_status}): {err}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

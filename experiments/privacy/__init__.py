@@ -1,0 +1,1 @@
+"""Privacy experiments: attack library (`attacks`) for the threat models in notes/privacy.md."""

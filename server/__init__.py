@@ -1,0 +1,1 @@
+"""The Flower ServerApp: strategy factory, round loop, metric aggregation, results."""

@@ -1,0 +1,132 @@
+"""Everything a run writes under `results/<run-name>/`: metrics.jsonl (a line per round),
+the aggregated shared arrays (every round), summary.json and plots (at the end)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from common.storage import append_jsonl, atomic_write_arrays, atomic_write_json
+
+LAST_K = 5
+
+
+class RunResults:
+    def __init__(
+        self, directory: str | Path, config: dict[str, Any], *, resume: bool = False
+    ) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.rounds: list[dict[str, Any]] = []
+        self.started = time.time()
+        if resume and self.metrics_path.exists():
+            self.rounds = read_metrics(self.metrics_path)
+        else:
+            self.metrics_path.unlink(missing_ok=True)
+            (self.dir / "summary.json").unlink(missing_ok=True)
+        atomic_write_json(self.dir / "config.json", config)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    def log_round(self, row: dict[str, Any]) -> None:
+        self.rounds.append(row)
+        append_jsonl(self.metrics_path, row)
+
+    def save_arrays(self, arrays: ArrayRecord, name: str = "shared_arrays.npz") -> None:
+        atomic_write_arrays(self.dir / name, {k: np.asarray(v.numpy()) for k, v in arrays.items()})
+
+    def finish(
+        self, status: str, *, error: str | None = None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        summary = build_summary(self.rounds, status=status, config=self.config)
+        summary["wall_time_s"] = round(time.time() - self.started, 3)
+        if error:
+            summary["error"] = error
+        summary.update(extra or {})
+        atomic_write_json(self.dir / "summary.json", summary)
+        if any(r.get("per_task") for r in self.rounds):
+            plot_per_task(
+                self.rounds, self.dir / "per_task.png", title=self.config.get("run-name", "")
+            )
+        return summary
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def build_summary(
+    rounds: list[dict[str, Any]], *, status: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Final-round per-task stats, last-k means of the per-round client means, totals."""
+    evaluated = [r for r in rounds if r.get("per_task")]
+    final = evaluated[-1] if evaluated else {}
+    per_task: dict[str, Any] = {}
+    for task, metrics in final.get("per_task", {}).items():
+        per_task[task] = {}
+        for name, stats in metrics.items():
+            last = [
+                r["per_task"][task][name]["mean"]
+                for r in evaluated[-LAST_K:]
+                if name in r["per_task"].get(task, {})
+            ]
+            per_task[task][name] = {**stats, f"last{LAST_K}_mean": float(np.mean(last))}
+    return {
+        "status": status,
+        "rounds": len(rounds),
+        "final_round": rounds[-1]["round"] if rounds else 0,
+        "run_name": config.get("run-name"),
+        "per_task": per_task,
+        "per_client": final.get("per_client", {}),
+        "bytes_up": int(sum(r.get("bytes_up", 0) for r in rounds)),
+        "bytes_down": int(sum(r.get("bytes_down", 0) for r in rounds)),
+        "failures": int(sum(r.get("failures", 0) for r in rounds)),
+        "config": config,
+    }
+
+
+def headline(task_metrics: dict[str, Any]) -> tuple[str, float] | None:
+    """The metric a task is judged by: test accuracy for classification, test MAE else."""
+    for name in ("test/accuracy", "test/mae"):
+        if name in task_metrics:
+            value = task_metrics[name]
+            return name.split("/")[1], value["mean"] if isinstance(value, dict) else value
+    return None
+
+
+def plot_per_task(rounds: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for r in rounds for t in r.get("per_task", {})})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        xs, ys, label = [], [], ""
+        for r in rounds:
+            h = headline(r.get("per_task", {}).get(task, {}))
+            if h:
+                label = h[0]
+                xs.append(r["round"])
+                ys.append(h[1])
+        ax.plot(xs, ys, marker=".")
+        ax.set_title(task)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"test {label} (client mean)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

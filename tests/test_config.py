@@ -1,0 +1,78 @@
+"""Run-config parsing: defaults, types, ranges, names; every error names the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.algorithms import ALGORITHMS
+from common.config import CHOICES, ConfigError, RunConfig, parse_run_config
+from common.datasets import DATASETS
+from common.weighting import WEIGHTINGS
+from server.strategies import STRATEGIES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pyproject_defaults_equal_runconfig_defaults() -> None:
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == RunConfig().to_dict()
+
+
+def test_choices_match_the_factories() -> None:
+    assert set(CHOICES["weighting"]) == set(WEIGHTINGS)
+    assert set(CHOICES["algorithm"]) == set(ALGORITHMS)
+    assert set(CHOICES["strategy"]) == set(STRATEGIES)
+    assert set(DATASETS) <= set(CHOICES["dataset"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "needles"),
+    [
+        ({"dataset": "mnist"}, ["'dataset'", "multidigits", "synthcorr"]),
+        ({"algorithm": "fedfoo"}, ["'algorithm'", "fedper", "local"]),
+        ({"weighting": "magic"}, ["'weighting'", "ew", "static"]),
+        ({"strategy": "nope"}, ["'strategy'", "fedavg"]),
+        ({"num-server-rounds": 0}, ["'num-server-rounds'", ">= 1"]),
+        ({"num-server-rounds": -3}, ["'num-server-rounds'"]),
+        ({"num-server-rounds": "ten"}, ["'num-server-rounds'", "integer"]),
+        ({"lr": 0.0}, ["'lr'", "> 0"]),
+        ({"dirichlet-alpha": -1.0}, ["'dirichlet-alpha'"]),
+        ({"secagg": "yes"}, ["'secagg'", "true or false"]),
+        ({"no-such-key": 1}, ["no-such-key", "valid keys"]),
+    ],
+)
+def test_bad_values_name_the_key_and_valid_values(raw: dict, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_run_config(raw)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_static_weights_length_must_match_the_tasks() -> None:
+    with pytest.raises(ConfigError, match=r"'static-weights' has 2 values .* 5 tasks"):
+        parse_run_config({"weighting": "static", "static-weights": "1,2"})
+    cfg = parse_run_config({"weighting": "static", "static-weights": "1,1,0.5,2,1"})
+    assert cfg.static_alphas(["left", "right", "sum", "parity", "equal"])["sum"] == 0.5
+
+
+def test_unknown_task_in_plan_is_named() -> None:
+    from common.federation import parse_plan
+
+    with pytest.raises(ConfigError, match=r"unknown tasks \['colour'\].*valid tasks"):
+        parse_plan("left;colour,sum", ["left", "right", "sum"], 3)
+
+
+def test_launcher_refuses_bad_config_before_starting_anything(capsys) -> None:  # noqa: ANN001
+    from experiments.launch import main
+
+    assert main(["-c", "algorithm=fedfoo"]) == 2
+    assert "valid values" in capsys.readouterr().err
+
+
+def test_digest_ignores_names_but_not_hyperparameters() -> None:
+    a = parse_run_config({"run-name": "x"})
+    assert a.digest() == parse_run_config({"run-name": "y"}).digest()
+    assert a.digest() != parse_run_config({"lr": 0.01}).digest()
