@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fedmtl-installed
 TORCH := torch==2.13.0
 ARGS ?=
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean deploy-local compose-lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra
+
+# A real deployment on this machine: SuperLink with TLS + SuperNode authentication, 3 nodes.
+deploy-local: $(STAMP)
+	$(PY) -m deploy.local run $(ARGS)
+
+compose-lint:
+	npm ci --no-audit --no-fund
+	npx dclint docker-compose.yml docker-compose.tls.yml --max-warnings 0
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,32 +1,59 @@
 """The Flower ClientApp.
 
-train: load the encoder from the message, restore the private part (heads, ...) from the
-client's state, train locally, store the private part back, reply with exactly the keys
-received. evaluate: the same restore, then per-task metrics on validation and test.
+train: load the shared arrays from the message, restore the private part (heads, gates,
+private encoder blocks, Ditto's personal model) from the client's state, train locally, store
+the private part back, reply with exactly the shared keys received (plus, for algorithms that
+federate heads, this client's own heads). evaluate: the same restore, then per-task metrics
+on validation and test.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import fixedclipping_mod as legacy_fixedclipping_mod
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from client.byzantine import attack_of, attack_update, flip_labels, is_attacker
 from client.state import PrivateStore
-from client.train import build_model, build_weighting, evaluate, local_round
-from common.algorithms import get_algorithm
+from client.train import (
+    build_model,
+    build_weighting,
+    evaluate,
+    local_round,
+    round_generator,
+    train_heads,
+)
+from common.algorithms import Algorithm, get_algorithm
+from common.compression import RECORD as COMPRESSION
+from common.compression import compress
 from common.config import ConfigError, RunConfig, parse_run_config
 from common.datasets import dataset_tasks
 from common.federation import ClientData, load_client_data
 from common.models import MultiTaskModel
-from common.records import arrays_from_model, load_arrays, model_shared_keys
+from common.records import (
+    TASK_ARRAYS,
+    arrays_from_model,
+    load_arrays,
+    model_shared_keys,
+    model_task_keys,
+)
 from common.weighting import Weighting
 
 app = ClientApp()
+PERSONAL = "personal."  # prefix of Ditto's personal model in the private state
 
 
 @lru_cache(maxsize=8)
@@ -39,19 +66,31 @@ class ClientSession:
     """Everything one handler call works with."""
 
     cfg: RunConfig
+    algorithm: Algorithm
     data: ClientData
     model: MultiTaskModel
+    personal: MultiTaskModel | None
     weighting: Weighting
     store: PrivateStore
     shared: list[str]
+    task_shared: list[str]
     meta: dict
+    received: ArrayRecord
 
     def private_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        """Everything that never leaves the client (task-shared heads are kept too, so a
+        client evaluates with its own latest heads until the next round brings new ones)."""
+        out = {
             k: v.detach().cpu().numpy()
             for k, v in self.model.state_dict().items()
             if k not in self.shared
         }
+        if self.personal is not None:
+            out |= {
+                PERSONAL + k: v.detach().cpu().numpy()
+                for k, v in self.personal.state_dict().items()
+            }
+        return out
 
     def private_digest(self) -> str:
         h = hashlib.sha256()
@@ -61,84 +100,229 @@ class ClientSession:
         return h.hexdigest()[:16]
 
     def save(self, server_round: int) -> None:
-        private = self.private_arrays()
         self.meta.update(round=server_round, weighting=self.weighting.state_dict())
-        self.store.save(private, self.meta)
+        self.store.save(self.private_arrays(), self.meta)
+
+    def reply_arrays(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
+        # Exactly the shared keys received, in the order received: never a private key.
+        sent = self.received
+        arrays = arrays_from_model(self.model, list(sent.keys()))
+        cfg, cid = self.cfg, self.data.client_id
+        if is_attacker(cid, cfg.attack, cfg.attackers):
+            seed = cfg.seed * 10_007 + cid * 101 + server_round
+            kind = attack_of(cid, cfg.attack)
+            arrays = attack_update(kind, sent, arrays, cfg.attack_scale, seed)
+        out = {"arrays": arrays}
+        if cfg.compression != "none":
+            out["arrays"], out[COMPRESSION] = compress(arrays, sent, cfg.compression)
+        if self.task_shared:
+            out["task-arrays"] = arrays_from_model(self.model, self.task_shared)
+        return out
 
 
-def open_session(msg: Message, context: Context) -> ClientSession:
-    torch.set_num_threads(1)  # one thread per virtual client: actors already fill the cores
-    cfg = _parse(tuple(sorted(context.run_config.items())))
+def client_identity(context: Context) -> tuple[int, int, int]:
+    """(client id, partition id, number of partitions) from the node config."""
     node = context.node_config
     try:
-        client_id = int(node.get("client-id", node["partition-id"]))
-        num_partitions = int(node["num-partitions"])
+        partition = int(node["partition-id"])
+        return int(node.get("client-id", partition)), partition, int(node["num-partitions"])
     except KeyError as err:
         raise ConfigError(
-            f"node config lacks {err}; start the node with --node-config "
-            "'partition-id=<i> num-partitions=<n>'"
+            f"node config lacks {err}; start the node with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'"
         ) from None
-    data = load_client_data(cfg, client_id, num_partitions)
+
+
+def open_session(
+    context: Context,
+    received: ArrayRecord | Sequence[np.ndarray],
+    task_arrays: ArrayRecord | None = None,
+) -> ClientSession:
+    """Build the client's model, restore its private state and load what the server sent.
+
+    `received` is the shared record (keyed), or — in the legacy layout SecAgg+ uses — the
+    shared arrays in this client's key order."""
+    torch.set_num_threads(1)  # one thread per virtual client: the actors already fill the cores
+    cfg = _parse(tuple(sorted(context.run_config.items())))
+    node = context.node_config
+    # A node's own data file (deployment) overrides the run config's.
+    paths = {k.replace("-", "_"): str(node[k]) for k in ("data-file", "schema-file") if k in node}
+    if paths:
+        cfg = dataclasses.replace(cfg, **paths)
+    client_id, partition_id, num_partitions = client_identity(context)
+    data = load_client_data(cfg, partition_id, num_partitions, client_id)
+    if cfg.attack == "label-flip" and is_attacker(client_id, cfg.attack, cfg.attackers):
+        data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)
-    model = build_model(cfg, data.tasks, data.input_shape)
+    model = build_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
+    personal = copy.deepcopy(model) if algorithm.schedule == "ditto" else None
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
-    store = PrivateStore(
-        context, client_id, str(node.get("state-dir", cfg.state_dir)), cfg.federation_name
-    )
+    state_dir = str(context.node_config.get("state-dir", cfg.state_dir))
+    store = PrivateStore(context, client_id, state_dir, cfg.federation_name)
     private, meta = store.load()
     if private:
-        state = model.state_dict()
-        for key, value in private.items():
-            state[key].copy_(torch.from_numpy(value))
+        own = {k: torch.from_numpy(v) for k, v in private.items() if not k.startswith(PERSONAL)}
+        model.load_state_dict(own, strict=False)
+        if personal is not None:
+            mine = {
+                k[len(PERSONAL) :]: torch.from_numpy(v)
+                for k, v in private.items()
+                if k.startswith(PERSONAL)
+            }
+            personal.load_state_dict(mine, strict=False)
         weighting.load_state_dict(meta.get("weighting", {}))
-    shared = model_shared_keys(model, algorithm)
-    received = msg.content["arrays"]
+    shared = model_shared_keys(model, algorithm, cfg.shared_layers)
+    if not isinstance(received, ArrayRecord):
+        if len(received) != len(shared):
+            raise ConfigError(
+                f"client {client_id}: the server sent {len(received)} arrays, this client "
+                f"shares {len(shared)}; server and client configs disagree"
+            )
+        received = ArrayRecord(
+            {k: Array(np.asarray(v)) for k, v in zip(shared, received, strict=True)}
+        )
     if set(received) != set(shared):
         raise ConfigError(
-            f"client {client_id}: the server sent {len(received)} arrays but this client shares "
-            f"{len(shared)} (algorithm '{cfg.algorithm}'); server and client configs disagree"
+            f"client {client_id}: the server sent {len(received)} shared arrays but this client "
+            f"shares {len(shared)} (algorithm '{cfg.algorithm}', shared-layers "
+            f"{cfg.shared_layers}); server and client configs disagree"
         )
     load_arrays(model, received, what=f"client {client_id}: arrays from the server")
-    return ClientSession(cfg, data, model, weighting, store, shared, meta)
+    task_shared = model_task_keys(model, algorithm)
+    if task_arrays is not None:
+        # The server sends every task's federated head; take those of this client's tasks
+        # (a task nobody has trained yet keeps its seeded initialisation).
+        mine = ArrayRecord({k: task_arrays[k] for k in task_shared if k in task_arrays})
+        load_arrays(model, mine, what=f"client {client_id}: task arrays from the server")
+    return ClientSession(
+        cfg,
+        algorithm,
+        data,
+        model,
+        personal,
+        weighting,
+        store,
+        shared,
+        task_shared,
+        meta,
+        received,
+    )
+
+
+def session_for(msg: Message, context: Context) -> ClientSession:
+    arrays = msg.content.array_records
+    return open_session(context, arrays["arrays"], arrays.get(TASK_ARRAYS))
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    s = open_session(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    """Train, through Flower's mods where the config asks for them: SecAgg+ (legacy layout),
+    client-side clipping for central DP, local DP. They are applied per message because they
+    depend on the run config."""
+    cfg = _parse(tuple(sorted(context.run_config.items())))
+    if cfg.secagg:
+        inner = legacy_train_step
+        if cfg.privacy == "central-dp":
+            inner = partial(legacy_fixedclipping_mod, call_next=legacy_train_step)
+        return secaggplus_mod(msg, context, inner)
+    mod = None
+    if cfg.privacy == "central-dp" and cfg.cdp_clipping == "fixed-client":
+        mod = fixedclipping_mod
+    elif cfg.privacy == "central-dp" and cfg.cdp_clipping == "adaptive-client":
+        mod = adaptiveclipping_mod
+    elif cfg.privacy == "local-dp":
+        mod = LocalDpMod(cfg.clipping_norm, cfg.clipping_norm, cfg.ldp_epsilon, cfg.dp_delta)
+    return mod(msg, context, train_step) if mod is not None else train_step(msg, context)
+
+
+def train_step(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    s = session_for(msg, context)
+    reply = train_session(s, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
+    return Message(reply, reply_to=msg)
+
+
+def legacy_train_step(msg: Message, context: Context) -> Message:
+    """The same training for SecAgg+'s legacy layout: FitIns in, FitRes out."""
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    s = open_session(context, parameters_to_ndarrays(fitins.parameters))
+    reply = train_session(s, int(fitins.config["server-round"]), 0.0)
+    arrays = reply["arrays"]
+    fitres = FitRes(
+        status=Status(Code.OK, ""),
+        parameters=ndarrays_to_parameters([a.numpy() for a in arrays.values()]),
+        num_examples=int(reply["metrics"]["num-examples"]),
+        metrics={"train-loss": float(reply["metrics"]["train-loss"])},
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> RecordDict:
+    """Local training under the configured algorithm and privacy; the reply's records."""
     audit = {"private-at-start": s.private_digest()} if s.cfg.audit_received else {}
-    stats = local_round(s.model, s.data, s.weighting, s.cfg, server_round)
+    privacy = {}
+    if s.cfg.privacy == "dp-sgd":
+        from client.dp import dp_round  # Opacus costs seconds to import: only when used
+
+        history = [tuple(h) for h in s.meta.get("dp_history", [])]
+        stats, history, eps = dp_round(s.model, s.data, s.weighting, s.cfg, server_round, history)
+        s.meta["dp_history"] = history
+        privacy = {"dp-epsilon": eps, "dp-delta": s.cfg.dp_delta}
+    else:
+        stats = local_round(
+            s.model,
+            s.data,
+            s.weighting,
+            s.cfg,
+            server_round,
+            s.algorithm,
+            personal=s.personal,
+            proximal_mu=proximal_mu,
+        )
     s.save(server_round)
     if s.cfg.audit_received:
         # Digests (not values) of the private state let a test check, from the server side,
-        # that a client starts each round with the heads it ended the previous one with.
+        # that a client starts each round with the state it ended the previous one with.
         audit["private-at-end"] = s.private_digest()
     task_metrics = {f"train/{t}/loss": v for t, v in stats.task_loss.items()}
-    reply = RecordDict(
+    # Client-level DP accounting needs equal weights: every client counts once.
+    weight = 1 if s.cfg.privacy == "central-dp" else stats.num_examples
+    return RecordDict(
         {
-            # Exactly the keys received, in the order received: never a private key.
-            "arrays": arrays_from_model(s.model, list(msg.content["arrays"].keys())),
-            "metrics": MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss}),
+            **s.reply_arrays(server_round),
+            "metrics": MetricRecord({"num-examples": weight, "train-loss": stats.loss}),
             "task-metrics": ConfigRecord(
                 {
                     "client-id": s.data.client_id,
                     "tasks": ",".join(s.data.task_names),
                     **task_metrics,
+                    **privacy,
                     **audit,
                 }
             ),
         }
     )
-    return Message(reply, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
-    s = open_session(msg, context)
+    s = session_for(msg, context)
+    model = s.personal if s.personal is not None else s.model
+    if s.algorithm.finetune_heads:
+        # FedAvg-FT: adapt a copy of the global heads to the local data; nothing is kept.
+        model = copy.deepcopy(s.model)
+        rnd = int(msg.content["config"].get("server-round", 0))
+        train_heads(
+            model,
+            s.data,
+            s.cfg,
+            s.cfg.finetune_epochs,
+            round_generator(s.cfg, s.data.client_id, rnd, 2),
+        )
     record: dict = {"client-id": s.data.client_id, "tasks": ",".join(s.data.task_names)}
     losses = {}
     for split_name, split in (("val", s.data.val), ("test", s.data.test)):
-        results = evaluate(s.model, split, s.data.tasks)
+        results = evaluate(model, split, s.data.tasks)
         losses[split_name] = sum(r["loss"] for r in results.values())
         for task, metrics in results.items():
             for name, value in metrics.items():

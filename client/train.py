@@ -3,21 +3,35 @@ benchmark and the centralized reference all call these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
+from common.algorithms import Algorithm
 from common.config import RunConfig
 from common.federation import ClientData, Split
 from common.models import MultiTaskModel, build_encoder
 from common.tasks import TaskSpec
-from common.weighting import Weighting, make_weighting
+from common.weighting import EqualWeighting, Weighting, make_weighting
+
+# (model, x, targets) -> (per-task losses the weighting method sees, extra loss or None)
+LossFn = Callable[
+    [MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]],
+    tuple[dict[str, torch.Tensor], torch.Tensor | None],
+]
 
 
 def build_model(
-    cfg: RunConfig, tasks: Sequence[TaskSpec], input_shape: tuple[int, ...]
+    cfg: RunConfig,
+    tasks: Sequence[TaskSpec],
+    input_shape: tuple[int, ...],
+    *,
+    global_heads: bool = False,
 ) -> MultiTaskModel:
     """The client's model. The encoder is built from the run seed (as on the server); heads
     from (seed, task), so clients holding a task start from the same head."""
@@ -30,7 +44,7 @@ def build_model(
         cfg.num_experts,
         cfg.seed,
     )
-    return MultiTaskModel(encoder, tasks, seed=cfg.seed)
+    return MultiTaskModel(encoder, tasks, seed=cfg.seed, global_heads=global_heads)
 
 
 def build_weighting(
@@ -50,50 +64,101 @@ class TrainStats:
     num_examples: int
 
 
+def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]):
+    out = model(x)
+    return {t: spec.loss(out[t], y[t]) for t, spec in model.tasks.items()}, None
+
+
+def fedrod_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]):
+    """FedRoD: the generic heads (and the encoder) learn the plain task loss, which is what
+    the federation averages; each private head learns, on detached features, a correction on
+    top of the detached generic output. With IID data the generic path is FedAvg's; with
+    skewed data the private correction personalizes."""
+    feats = model.features(x)
+    generic, personal = {}, []
+    for t, spec in model.tasks.items():
+        g = model.global_heads[t](feats[t])
+        generic[t] = spec.loss(g, y[t])
+        corrected = g.detach() + model.heads[t](feats[t].detach())
+        personal.append(spec.loss(corrected, y[t]))
+    return generic, torch.stack(personal).sum()
+
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily exclude modules from training (requires_grad off)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def train_epochs(
     model: MultiTaskModel,
     split: Split,
-    tasks: Sequence[TaskSpec],
     weighting: Weighting,
+    cfg: RunConfig,
     *,
     epochs: int,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-    shared_params: Sequence[torch.Tensor] | None = None,
+    loss_fn: LossFn = task_losses,
+    grad_hook: Callable[[], None] | None = None,
+    extra_params: Sequence[torch.Tensor] = (),
 ) -> TrainStats:
-    """Minibatch training of the model's trainable parameters for `epochs` epochs.
+    """Minibatch SGD on the model's trainable parameters for `epochs` epochs.
 
-    `shared_params` are the parameters every task uses (the encoder): the weighting method
-    decides their gradient; each head gets its own task's gradient.
+    The weighting method decides the encoder's gradient (the parameters every task uses);
+    each head gets its own task's gradient. `grad_hook` runs after backward (proximal terms).
     """
-    shared = list(shared_params if shared_params is not None else model.encoder.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    shared = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     x_all = torch.from_numpy(split.x)
-    y_all = {t.name: torch.from_numpy(split.y[t.name]) for t in tasks}
-    n = len(split)
+    y_all = {t: torch.from_numpy(split.y[t]) for t in model.tasks}
     model.train()
-    totals = {t.name: 0.0 for t in tasks}
+    totals = dict.fromkeys(model.tasks, 0.0)
     steps = 0
     for _ in range(epochs):
-        epoch = {t.name: 0.0 for t in tasks}
+        epoch = dict.fromkeys(model.tasks, 0.0)
         batches = 0
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            out = model(x_all[idx])
-            losses = {t.name: t.loss(out[t.name], y_all[t.name][idx]) for t in tasks}
+        for idx in torch.randperm(len(split), generator=generator).split(cfg.batch_size):
+            losses, extra = loss_fn(model, x_all[idx], {t: v[idx] for t, v in y_all.items()})
             optimizer.zero_grad(set_to_none=True)
+            if extra is not None:
+                extra.backward()
             weighting.backward(losses, shared)
+            if grad_hook is not None:
+                grad_hook()
             optimizer.step()
             for name, value in losses.items():
                 epoch[name] += float(value.detach())
             batches += 1
-        epoch_means = {k: v / max(batches, 1) for k, v in epoch.items()}
-        weighting.end_epoch(epoch_means)
-        for k, v in epoch_means.items():
+        means = {k: v / max(batches, 1) for k, v in epoch.items()}
+        weighting.end_epoch(means)
+        for k, v in means.items():
             totals[k] += v / epochs
         steps += batches
-    return TrainStats(
-        loss=float(sum(totals.values())), task_loss=totals, steps=steps, num_examples=n
-    )
+    return TrainStats(float(sum(totals.values())), totals, steps, len(split))
+
+
+def proximal_hook(
+    model: nn.Module, anchor: dict[str, torch.Tensor], mu: float
+) -> Callable[[], None]:
+    """Adds μ(w − w_anchor) to the gradient of the anchored parameters: the gradient of
+    μ/2‖w − w_anchor‖² (FedProx's proximal term, Ditto's pull toward the global model)."""
+    named = dict(model.named_parameters())
+    pairs = [(named[k], v) for k, v in anchor.items() if k in named]
+
+    def hook() -> None:
+        for p, a in pairs:
+            if p.grad is not None:
+                p.grad.add_(p.detach() - a, alpha=mu)
+
+    return hook
 
 
 @torch.no_grad()
@@ -114,31 +179,96 @@ def evaluate(
     return results
 
 
-def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-
-
-def round_generator(cfg: RunConfig, client_id: int, server_round: int) -> torch.Generator:
+def round_generator(
+    cfg: RunConfig, client_id: int, server_round: int, stream: int = 0
+) -> torch.Generator:
     """Batch order is a function of (seed, client, round): the same seed replays a run."""
     g = torch.Generator()
-    g.manual_seed(int(np.uint32(cfg.seed * 1_000_003 + client_id * 10_007 + server_round)))
+    g.manual_seed(
+        int(np.uint32(cfg.seed * 1_000_003 + client_id * 10_007 + server_round * 7 + stream))
+    )
     return g
 
 
-def local_round(
-    model: MultiTaskModel, data: ClientData, weighting: Weighting, cfg: RunConfig, server_round: int
+def train_heads(
+    model: MultiTaskModel, data: ClientData, cfg: RunConfig, epochs: int, gen: torch.Generator
 ) -> TrainStats:
-    """One round of local training with the `joint` (fedper) schedule."""
+    """Heads only, the encoder frozen (FedRep's head phase, FedAvg-FT's fine-tuning)."""
+    with frozen(model.encoder):
+        return train_epochs(
+            model, data.train, EqualWeighting(data.task_names), cfg, epochs=epochs, generator=gen
+        )
+
+
+def local_round(
+    model: MultiTaskModel,
+    data: ClientData,
+    weighting: Weighting,
+    cfg: RunConfig,
+    server_round: int,
+    algorithm: Algorithm,
+    *,
+    personal: MultiTaskModel | None = None,
+    proximal_mu: float = 0.0,
+) -> TrainStats:
+    """One round of local training under the algorithm's schedule.
+
+    `model` holds the received shared arrays on entry; on return its shared arrays are the
+    update to send. `personal` is Ditto's personal model (never sent).
+    """
     torch.manual_seed(cfg.seed * 7919 + data.client_id * 31 + server_round)
-    params = list(model.parameters()) + list(weighting.parameters())
-    optimizer = make_optimizer(params, cfg)
-    return train_epochs(
+    gen = round_generator(cfg, data.client_id, server_round)
+    received = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+    anchor = {f"encoder.{k}": v for k, v in received.items()}
+    hook = proximal_hook(model, anchor, proximal_mu) if proximal_mu > 0 else None
+    extra = list(weighting.parameters())
+    if algorithm.schedule == "fedrep":
+        train_heads(model, data, cfg, cfg.fedrep_head_epochs, gen)
+        with frozen(model.heads, model.gates):
+            return train_epochs(
+                model,
+                data.train,
+                weighting,
+                cfg,
+                epochs=cfg.fedrep_body_epochs,
+                generator=gen,
+                grad_hook=hook,
+                extra_params=extra,
+            )
+    if algorithm.schedule == "fedrod":
+        return train_epochs(
+            model,
+            data.train,
+            weighting,
+            cfg,
+            epochs=cfg.local_epochs,
+            generator=gen,
+            loss_fn=fedrod_losses,
+            grad_hook=hook,
+            extra_params=extra,
+        )
+    stats = train_epochs(
         model,
         data.train,
-        data.tasks,
         weighting,
+        cfg,
         epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        optimizer=optimizer,
-        generator=round_generator(cfg, data.client_id, server_round),
+        generator=gen,
+        grad_hook=hook,
+        extra_params=extra,
     )
+    if algorithm.schedule == "ditto":
+        if personal is None:
+            raise ValueError("ditto needs the client's personal model")
+        # The personal model's own weighting copy keeps its loss-weighting state separate.
+        pull = proximal_hook(personal, anchor, cfg.ditto_lambda)
+        stats = train_epochs(
+            personal,
+            data.train,
+            copy.deepcopy(weighting),
+            cfg,
+            epochs=cfg.local_epochs,
+            generator=round_generator(cfg, data.client_id, server_round, 1),
+            grad_hook=pull,
+        )
+    return stats

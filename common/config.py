@@ -17,7 +17,7 @@ from typing import Any
 # this table by a test, so a name cannot be valid here and missing there.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("multidigits", "synthcorr", "penguins", "user"),
-    "algorithm": ("fedper", "local"),
+    "algorithm": ("fedper", "local", "fedavg", "fedavg-ft", "fedrep", "ditto", "fedrod"),
     "weighting": (
         "ew",
         "static",
@@ -31,11 +31,37 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "nash",
     ),
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
-    "strategy": ("fedavg",),
-    "architecture": ("hps",),
+    "strategy": (
+        "fedavg",
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedavgm",
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+        "multikrum",
+        "bulyan",
+    ),
+    "architecture": ("hps", "mmoe"),
     "encoder": ("mlp", "cnn"),
     "partitioner": ("iid", "dirichlet", "shards", "natural"),
-    "privacy": ("none",),
+    "privacy": ("none", "dp-sgd", "central-dp", "local-dp"),
+    "cdp-clipping": ("fixed-server", "fixed-client", "adaptive-server", "adaptive-client"),
+    "compression": ("none", "fp16", "int8"),
+    "attack": (
+        "none",
+        "sign-flip",
+        "scale",
+        "noise",
+        "label-flip",
+        "nan",
+        "malformed-keys",
+        "malformed-shape",
+        "malformed-dtype",
+        "mixed",
+    ),
 }
 
 
@@ -68,6 +94,8 @@ class RunConfig:
     run_name: str = _key("", doc="results/<run-name>/; empty: derived from the config")
     num_clients: int = _key(6, low=1, doc="simulated clients (federation size)")
     samples_per_client: int = _key(500, low=10)
+    data_file: str = _key("", doc="dataset 'user': CSV/NPZ data file (node config overrides)")
+    schema_file: str = _key("", doc="dataset 'user': task schema (JSON) for the data file")
     partitioner: str = _key("dirichlet")
     dirichlet_alpha: float = _key(0.5, low=0.0, low_open=True)
     shards_per_client: int = _key(2, low=1)
@@ -87,11 +115,50 @@ class RunConfig:
     cagrad_c: float = _key(0.5, low=0.0, doc="CAGrad c (Liu et al. 2021)")
     cagrad_rescale: int = _key(1, low=0, high=2)
     nash_max_norm: float = _key(1.0, low=0.0, low_open=True)
-    eval_every: int = _key(1, low=1)
+    shared_layers: int = _key(0, low=0, doc="share only the first k encoder blocks; 0: all")
+    fedrep_head_epochs: int = _key(2, low=0, doc="fedrep: head epochs, encoder frozen")
+    fedrep_body_epochs: int = _key(1, low=0, doc="fedrep: encoder epochs, heads frozen")
+    finetune_epochs: int = _key(2, low=1, doc="fedavg-ft: head fine-tuning before evaluation")
+    ditto_lambda: float = _key(0.1, low=0.0, doc="ditto: pull of the personal encoder")
+    proximal_mu: float = _key(0.01, low=0.0, doc="fedprox: proximal term μ/2‖w−w_g‖²")
+    server_lr: float = _key(1.0, low=0.0, low_open=True, doc="fedavgm: server learning rate")
+    fedopt_eta: float = _key(0.01, low=0.0, low_open=True, doc="fedadam/yogi/adagrad: server η")
+    server_momentum: float = _key(0.9, low=0.0, high=1.0, doc="fedavgm")
+    beta_1: float = _key(0.9, low=0.0, high=1.0, doc="fedadam/fedyogi")
+    beta_2: float = _key(0.99, low=0.0, high=1.0, doc="fedadam/fedyogi")
+    tau: float = _key(1e-3, low=0.0, low_open=True, doc="FedOpt adaptivity")
+    trim_beta: float = _key(0.2, low=0.0, high=0.49, doc="fedtrimmedavg: cut fraction each end")
+    num_malicious: int = _key(0, low=0, doc="krum/multikrum/bulyan: tolerated attackers")
+    krum_select: int = _key(2, low=1, doc="multikrum: updates averaged")
+    fraction_train: float = _key(1.0, low=0.0, low_open=True, high=1.0)
+    fraction_evaluate: float = _key(1.0, low=0.0, high=1.0, doc="sampled evaluation per round")
+    min_nodes: int = _key(2, low=1, doc="minimum clients per round")
+    eval_every: int = _key(1, low=1, doc="full evaluation of every client every k rounds")
     state_dir: str = _key("", doc="client state dir (simulation); deployment: node config")
     federation_name: str = _key("default")
     privacy: str = _key("none")
-    secagg: bool = _key(False)
+    secagg: bool = _key(False, doc="SecAgg+ on the encoder (Flower's workflow)")
+    secagg_shares: float = _key(1.0, low=0.0, low_open=True, doc="SecAgg+ shares (≤1: fraction)")
+    secagg_threshold: float = _key(0.5, low=0.0, low_open=True, doc="SecAgg+ reconstruction")
+    secagg_clipping_range: float = _key(8.0, low=0.0, low_open=True, doc="SecAgg+ clip |w|")
+    secagg_quantization_range: int = _key(4194304, low=2, doc="SecAgg+ levels (2^22)")
+    dp_epsilon: float = _key(8.0, low=0.0, low_open=True, doc="dp-sgd: ε budget per client")
+    dp_delta: float = _key(1e-5, low=0.0, low_open=True, high=0.1)
+    dp_noise_multiplier: float = _key(0.0, low=0.0, doc="σ; 0: the σ that spends dp-epsilon")
+    dp_max_grad_norm: float = _key(1.0, low=0.0, low_open=True, doc="per-example clipping C")
+    cdp_clipping: str = _key("fixed-server", doc="central-dp: Flower wrapper")
+    cdp_noise_multiplier: float = _key(1.0, low=0.0, low_open=True, doc="central-dp: σ")
+    clipping_norm: float = _key(1.0, low=0.0, low_open=True, doc="update clipping (central/local)")
+    ldp_epsilon: float = _key(10.0, low=0.0, low_open=True, doc="local-dp: ε of each release")
+    max_update_ratio: float = _key(
+        10.0, low=0.0, doc="reject updates whose norm exceeds this × the round's median; 0: off"
+    )
+    attack: str = _key("none", doc="simulated Byzantine clients (robustness experiments)")
+    attackers: int = _key(0, low=0, doc="the first k clients attack")
+    attack_scale: float = _key(1.0, low=0.0, doc="sign-flip/scale factor, noise std")
+    compression: str = _key("none", doc="update compression sent up: fp16 or int8")
+    resume: bool = _key(False, doc="continue from the last complete round's checkpoint")
+    round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")
     audit_received: bool = _key(False, doc="write received.jsonl: what the server got, per reply")
     synth_tasks: int = _key(4, low=2)
     synth_correlation: float = _key(0.5, low=0.0, high=1.0)
@@ -101,8 +168,20 @@ class RunConfig:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def digest(self) -> str:
-        """Hash of the config (minus names that do not change the computation)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("run-name", "results-dir")}
+        """Hash of what determines the training; a checkpoint resumes only under the same.
+        Names, paths, the round count (a resumed run may go further) and reporting are out."""
+        ignored = (
+            "run-name",
+            "results-dir",
+            "resume",
+            "num-server-rounds",
+            "round-timeout",
+            "audit-received",
+            "eval-every",
+            "fraction-evaluate",
+            "state-dir",
+        )
+        d = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -153,11 +232,111 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         f = _FIELDS[key]
         values[f.name] = _check_value(key, value, type(f.default), f.metadata)
     cfg = RunConfig(**values)
+    if cfg.shared_layers > cfg.num_blocks:
+        raise ConfigError(
+            f"run config 'shared-layers' = {cfg.shared_layers} exceeds 'num-blocks' = "
+            f"{cfg.num_blocks} (0 shares the whole encoder)"
+        )
+    check_strategy_fits(cfg, cfg.num_clients)
+    check_privacy_fits(cfg)
     if cfg.weighting == "static":
         from common.datasets import dataset_tasks
 
         cfg.static_alphas(dataset_tasks(cfg))
     return cfg
+
+
+def sampled_per_round(cfg: RunConfig, available: int) -> int:
+    """How many clients a training round samples (Flower's rule: fraction, at least min)."""
+    return max(int(available * cfg.fraction_train), cfg.min_nodes)
+
+
+def check_strategy_fits(cfg: RunConfig, available: int) -> None:
+    """Byzantine-robust rules need enough clients per round for their guarantee."""
+    n, f = sampled_per_round(cfg, available), cfg.num_malicious
+    if n > available:
+        raise ConfigError(
+            f"run config 'min-nodes' = {cfg.min_nodes} exceeds the {available} clients"
+        )
+    need = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.strategy)
+    if need is not None and n < need:
+        raise ConfigError(
+            f"strategy '{cfg.strategy}' with num-malicious = {f} needs at least {need} clients "
+            f"per round; this run samples {n} of {available} (raise num-clients or "
+            "fraction-train, or lower num-malicious)"
+        )
+    if cfg.strategy == "multikrum" and cfg.krum_select > n:
+        raise ConfigError(f"run config 'krum-select' = {cfg.krum_select} exceeds the {n} sampled")
+
+
+# Under DP-SGD: one backward pass per step (Opacus's per-sample hooks and Poisson sampling
+# assume it) and no parameters outside the model (UW's, GradNorm's) that see the data.
+DP_SGD_WEIGHTINGS = ("ew", "static", "dwa", "rlw")
+DP_SGD_ALGORITHMS = ("fedper", "fedavg", "local")
+
+
+def check_privacy_fits(cfg: RunConfig) -> None:
+    if cfg.secagg:
+        check_secagg_fits(cfg)
+    if cfg.privacy in ("central-dp", "local-dp"):
+        if cfg.algorithm in ("fedavg", "fedavg-ft", "fedrod"):
+            raise ConfigError(
+                f"privacy '{cfg.privacy}' clips and noises the encoder update only; algorithm "
+                f"'{cfg.algorithm}' also sends heads, which would travel without noise; use "
+                "fedper, fedrep, ditto or local (or privacy 'dp-sgd')"
+            )
+        fixed = cfg.privacy == "central-dp" and cfg.cdp_clipping.startswith("fixed")
+        if fixed and cfg.strategy != "fedavg":
+            raise ConfigError(
+                f"privacy 'central-dp' with cdp-clipping '{cfg.cdp_clipping}' accounts ε "
+                f"only for FedAvg's aggregation; strategy '{cfg.strategy}' is not valid "
+                "here (use strategy 'fedavg', or an adaptive cdp-clipping)"
+            )
+        return
+    if cfg.privacy != "dp-sgd":
+        return
+    if cfg.weighting not in DP_SGD_WEIGHTINGS:
+        raise ConfigError(
+            f"weighting '{cfg.weighting}' cannot run under privacy 'dp-sgd': it needs one "
+            "backward pass per task or trains parameters outside the model, which Opacus's "
+            f"per-sample gradients do not cover; valid under dp-sgd: {list(DP_SGD_WEIGHTINGS)}"
+        )
+    if cfg.algorithm not in DP_SGD_ALGORITHMS:
+        raise ConfigError(
+            f"algorithm '{cfg.algorithm}' is not supported under privacy 'dp-sgd' (its extra "
+            "local training would run outside the accountant); valid under dp-sgd: "
+            f"{list(DP_SGD_ALGORITHMS)}"
+        )
+
+
+def check_secagg_fits(cfg: RunConfig) -> None:
+    """SecAgg+ sums one vector per client: the same keys everywhere, FedAvg's weighting."""
+    if cfg.algorithm in ("fedavg", "fedavg-ft", "fedrod", "local"):
+        raise ConfigError(
+            f"secagg = true aggregates the shared encoder only; algorithm '{cfg.algorithm}' "
+            "federates per-task heads or nothing at all; use fedper, fedrep or ditto"
+        )
+    if cfg.strategy != "fedavg":
+        raise ConfigError(
+            f"secagg = true computes FedAvg's weighted mean; strategy '{cfg.strategy}' needs "
+            "individual updates, which secure aggregation hides; use strategy 'fedavg'"
+        )
+    if cfg.privacy == "local-dp" or (
+        cfg.privacy == "central-dp" and cfg.cdp_clipping != "fixed-client"
+    ):
+        raise ConfigError(
+            "secagg = true composes with privacy 'dp-sgd' or 'central-dp' with cdp-clipping "
+            "'fixed-client' (clipped on the client, noised on the sum); not with "
+            f"privacy '{cfg.privacy}'"
+            + (f" / cdp-clipping '{cfg.cdp_clipping}'" if cfg.privacy == "central-dp" else "")
+        )
+    if sampled_per_round(cfg, cfg.num_clients) < 2:
+        raise ConfigError("secagg = true needs at least 2 clients per round")
+    if cfg.compression != "none":
+        raise ConfigError(
+            f"secagg = true quantises updates itself; compression '{cfg.compression}' cannot "
+            "be combined with it (use compression = 'none')"
+        )
 
 
 def _check_value(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> Any:

@@ -1,12 +1,15 @@
 """Offline datasets: each builder returns a `Pool` — all examples of a federation, with the
 labels of every task, the column that partitioners split by, and the task specs.
 
-Everything is generated or read from packages on disk (scikit-learn's digits, the CSV that
-`palmerpenguins` ships); nothing is downloaded. Builders are pure functions of their seed.
+Everything is generated or read from disk (scikit-learn's digits, the CSV that
+`palmerpenguins` ships, a site's own file for `user`); nothing is downloaded. Builders are pure
+functions of their seed and files.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib.resources
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -164,12 +167,75 @@ def synthcorr(
     return Pool(x=x, y=y, tasks=tasks, partition_by=cluster)
 
 
+PENGUINS_TASKS = [
+    TaskSpec("species", "multiclass", 3),
+    TaskSpec("sex", "binary", 2),
+    # Body mass is learned as (grams - 4200) / 800 (about the pool's mean and std, rounded),
+    # so its MSE is O(1) like the classification losses; predictions and metrics are in grams.
+    TaskSpec("body_mass", "regression", offset=4200.0, scale=800.0),
+]
+PENGUIN_SPECIES = ("Adelie", "Chinstrap", "Gentoo")
+PENGUIN_SEXES = ("female", "male")  # label 0, 1
+PENGUIN_ISLANDS = ("Biscoe", "Dream", "Torgersen")  # sorted: natural client 0, 1, 2
+PENGUIN_INPUTS = ("bill_length_mm", "bill_depth_mm", "flipper_length_mm")
+# Fixed standardisation constants, rounded from the whole pool once and written down here.
+# They are not recomputed from any split, so no test statistics flow into training at run
+# time; a fixed affine map per feature is only a reparametrisation of the first layer.
+PENGUIN_INPUT_CENTER = (44.0, 17.0, 200.0)
+PENGUIN_INPUT_SCALE = (5.5, 2.0, 14.0)
+
+
+def penguins() -> Pool:
+    """Palmer penguins (333 complete rows): clients are islands, inputs three body measurements.
+
+    Read from the CSV that the `palmerpenguins` package bundles, via `importlib.resources`
+    (its own loader needs `pkg_resources`, which recent setuptools no longer ships). Rows with
+    a missing measurement (2) or a missing sex (9) are dropped, so every task has a label on
+    every row. `sex` is also kept in `extra` as an attribute-inference target for clients that
+    do not train it. Dirichlet/shard partitioners and splits stratify by species.
+    """
+    source = importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"
+    with source.open("r", encoding="utf-8", newline="") as fh:
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if all(r[c] not in ("", "NA") for c in (*PENGUIN_INPUTS, "body_mass_g", "sex"))
+        ]
+    x = np.array([[float(r[c]) for c in PENGUIN_INPUTS] for r in rows])
+    x = (x - np.array(PENGUIN_INPUT_CENTER)) / np.array(PENGUIN_INPUT_SCALE)
+    species = np.array([PENGUIN_SPECIES.index(r["species"]) for r in rows], dtype=np.int64)
+    sex = np.array([PENGUIN_SEXES.index(r["sex"]) for r in rows], dtype=np.int64)
+    return Pool(
+        x=x.astype(np.float32),
+        y={
+            "species": species,
+            "sex": sex,
+            "body_mass": np.array([float(r["body_mass_g"]) for r in rows], dtype=np.float32),
+        },
+        tasks=list(PENGUINS_TASKS),
+        partition_by=species,
+        natural_group=np.array([PENGUIN_ISLANDS.index(r["island"]) for r in rows], dtype=np.int64),
+        group_names=list(PENGUIN_ISLANDS),
+        extra={"sex": sex.copy()},
+    )
+
+
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """Input shape of the configured dataset (the server builds the encoder from it)."""
+    """Input shape of the configured dataset (the server builds the encoder from it).
+
+    Known without building the data: for `user` it comes from the schema file alone, since
+    the server has no data file.
+    """
     if cfg.dataset == "multidigits":
         return (8, 16)
     if cfg.dataset == "synthcorr":
         return (SYNTH_INPUT_DIM,)
+    if cfg.dataset == "penguins":
+        return (len(PENGUIN_INPUTS),)
+    if cfg.dataset == "user":
+        from common.userdata import user_schema
+
+        return user_schema(cfg).input_shape
     return build_pool(cfg, 1).input_shape
 
 
@@ -179,14 +245,29 @@ def dataset_tasks(cfg: RunConfig) -> list[str]:
         return [t.name for t in MULTIDIGITS_TASKS]
     if cfg.dataset == "synthcorr":
         return [f"t{t}" for t in range(cfg.synth_tasks)]
+    if cfg.dataset == "penguins":
+        return [t.name for t in PENGUINS_TASKS]
+    if cfg.dataset == "user":
+        from common.userdata import user_schema
+
+        return user_schema(cfg).task_names
     return build_pool(cfg, 1).task_names
 
 
 def build_pool(cfg: RunConfig, num_partitions: int) -> Pool:
-    """The configured dataset's pool: `samples-per-client` examples per partition."""
+    """The configured dataset's pool: `samples-per-client` examples per partition for the
+    generated datasets; Penguins and `user` are fixed data (all of it, whatever the count)."""
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset '{cfg.dataset}' is unknown; valid: {sorted(DATASETS)}")
     return DATASETS[cfg.dataset](cfg, num_partitions)
+
+
+def _user(cfg: RunConfig, num_partitions: int) -> Pool:
+    # One file is one pool: a node's own data in a deployment (partition 0 of 1), or a shared
+    # file that simulation splits with `partitioner` (`natural` uses the schema's `group_by`).
+    from common.userdata import user_pool
+
+    return user_pool(cfg)
 
 
 DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
@@ -197,4 +278,6 @@ DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
         num_tasks=cfg.synth_tasks,
         correlation=cfg.synth_correlation,
     ),
+    "penguins": lambda cfg, n: penguins(),
+    "user": _user,
 }

@@ -22,6 +22,8 @@ DEFAULT_PLANS: dict[str, str] = {
         "left,right,sum;left,parity;right,sum,equal;left,right;sum,parity,equal;left,sum"
     ),
     "synthcorr": "t0,t1;t1,t2,t3;t0,t2;t0,t1,t3;t2,t3;t0,t3",
+    # Biscoe, Dream, Torgersen (sorted); Torgersen has only Adelie penguins: no species task.
+    "penguins": "species,sex,body_mass;species,body_mass;sex,body_mass",
 }
 
 
@@ -84,6 +86,8 @@ def cached_pool(cfg: RunConfig, num_partitions: int) -> Pool:
 def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Example indices of every partition, from Flower Datasets' partitioners."""
     pool = cached_pool(cfg, num_partitions)
+    if num_partitions == 1:  # a node whose data file is all its own data
+        return (np.arange(len(pool)),)
     if cfg.partitioner == "natural":
         if pool.natural_group is None:
             raise ConfigError(
@@ -127,15 +131,20 @@ def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, 
 
 
 @lru_cache(maxsize=64)
-def load_client_data(cfg: RunConfig, client_id: int, num_partitions: int) -> ClientData:
-    """The data and tasks of client `client_id` (cached per process)."""
-    if not 0 <= client_id < num_partitions:
-        raise ConfigError(f"partition-id {client_id} is outside 0..{num_partitions - 1}")
+def load_client_data(
+    cfg: RunConfig, partition_id: int, num_partitions: int, client_id: int | None = None
+) -> ClientData:
+    """The data and tasks of one client (cached per process). `client_id` (default: the
+    partition id) picks the task set and seeds the split; in a deployment where each node's
+    file is all its data, every node loads partition 0 of 1 under its own client id."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    client_id = partition_id if client_id is None else client_id
     pool = cached_pool(cfg, num_partitions)
-    idx = partition_indices(cfg, num_partitions)[client_id]
+    idx = partition_indices(cfg, num_partitions)[partition_id]
     if len(idx) == 0:
         raise ConfigError(f"client {client_id}: its partition of '{cfg.dataset}' is empty")
-    names = client_tasks(cfg, pool.task_names, client_id, num_partitions)
+    names = client_tasks(cfg, pool.task_names, client_id, max(num_partitions, client_id + 1))
     tasks = tuple(t for t in pool.tasks if t.name in names)
     train_idx, val_idx, test_idx = split_indices(pool, idx, cfg.seed + client_id)
     return ClientData(

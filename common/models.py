@@ -3,8 +3,8 @@
 Parameter names follow one scheme that the rest of the code relies on:
 `encoder.blocks.<k>.*` (shared, k = block index), `heads.<task>.*` (private), and, for the
 architectures and algorithms that need them, `gates.<task>.*` (MMoE, private) and
-`global_heads.<task>.*` (generic heads federated per task). `shared_keys` below is the only
-place that decides which of them travel to the server.
+`global_heads.<task>.*` (generic heads federated per task). `shared_keys` and `task_keys`
+below are the only place that decides which of them travel to the server.
 """
 
 from __future__ import annotations
@@ -196,30 +196,32 @@ def encoder_block_of(key: str) -> int | None:
     return None
 
 
-def shared_keys(
-    model: nn.Module,
-    *,
-    share_encoder: bool,
-    shared_layers: int,
-    share_heads: bool,
-    share_global_heads: bool,
-) -> list[str]:
-    """The one definition of what travels to the server.
-
-    - the encoder, or only its first `shared_layers` blocks when that is > 0;
-    - task heads only when `share_heads` (fedavg), generic heads when `share_global_heads`;
-    - MMoE gates and private heads never.
-    """
+def shared_keys(model: nn.Module, *, share_encoder: bool, shared_layers: int) -> list[str]:
+    """The one definition of the shared arrays (the `arrays` record every client returns):
+    the encoder, or only its first `shared_layers` blocks when that is > 0."""
+    if not share_encoder:
+        return []
     keys = []
     for key in model.state_dict():
-        top = key.split(".")[0]
-        if top == "encoder" and share_encoder:
+        if key.startswith("encoder."):
             block = encoder_block_of(key)
             if shared_layers <= 0 or (block is not None and block < shared_layers):
                 keys.append(key)
-        elif (top == "heads" and share_heads) or (top == "global_heads" and share_global_heads):
-            keys.append(key)
     return keys
+
+
+def task_keys(model: nn.Module, *, share_heads: bool, share_global_heads: bool) -> list[str]:
+    """The one definition of the per-task arrays that travel (the `task-arrays` record):
+    heads under `fedavg`, generic heads under `fedrod`. MMoE gates and private heads never."""
+    prefixes = (("heads.",) if share_heads else ()) + (
+        ("global_heads.",) if share_global_heads else ()
+    )
+    return [k for k in model.state_dict() if prefixes and k.startswith(prefixes)]
+
+
+def task_of(key: str) -> str:
+    """`heads.left.0.weight` -> `left`."""
+    return key.split(".")[1]
 
 
 def count_parameters(model: nn.Module, keys: Sequence[str] | None = None) -> int:

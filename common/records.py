@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 
-from common.models import MultiTaskModel, shared_keys
+from common.algorithms import Algorithm
+from common.models import MultiTaskModel, shared_keys, task_keys
+
+# Message records: the shared encoder every client returns, and per-task heads that travel
+# under the algorithms that federate them (each client returns only its own tasks' heads).
+ARRAYS = "arrays"
+TASK_ARRAYS = "task-arrays"
 
 
 def arrays_from_model(model: torch.nn.Module, keys: Iterable[str]) -> ArrayRecord:
@@ -39,19 +44,28 @@ def record_bytes(record: ArrayRecord) -> int:
     return int(sum(len(array.data) for array in record.values()))
 
 
-def model_shared_keys(model: MultiTaskModel, algorithm: Any, shared_layers: int = 0) -> list[str]:
-    """Shared keys of a model under an algorithm (see `common.models.shared_keys`)."""
-    return shared_keys(
-        model,
-        share_encoder=algorithm.share_encoder,
-        shared_layers=shared_layers,
-        share_heads=algorithm.share_heads,
-        share_global_heads=False,
+def model_shared_keys(
+    model: MultiTaskModel, algorithm: Algorithm, shared_layers: int = 0
+) -> list[str]:
+    """Keys of the `arrays` record (the shared encoder) under an algorithm."""
+    return shared_keys(model, share_encoder=algorithm.share_encoder, shared_layers=shared_layers)
+
+
+def model_task_keys(model: MultiTaskModel, algorithm: Algorithm) -> list[str]:
+    """Keys of the `task-arrays` record (heads federated per task) under an algorithm."""
+    return task_keys(
+        model, share_heads=algorithm.share_heads, share_global_heads=algorithm.global_heads
     )
 
 
-def flat_config(prefix: str, values: Mapping[str, Mapping[str, float]]) -> ConfigRecord:
-    """{'left': {'accuracy': .9}} -> ConfigRecord({'<prefix>/left/accuracy': .9})."""
-    return ConfigRecord(
-        {f"{prefix}/{task}/{m}": float(v) for task, ms in values.items() for m, v in ms.items()}
-    )
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of model payload in a message: every array, plus byte strings in config records
+    (SecAgg+ carries its masked vectors that way)."""
+    total = sum(record_bytes(rec) for rec in content.array_records.values())
+    for rec in content.config_records.values():
+        for value in rec.values():
+            if isinstance(value, bytes):
+                total += len(value)
+            elif isinstance(value, list):
+                total += sum(len(v) for v in value if isinstance(v, bytes))
+    return int(total)

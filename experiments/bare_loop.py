@@ -5,6 +5,7 @@ simulation's overhead (wall-time ratio) and a quick way to try hyperparameters."
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from typing import Any
@@ -27,20 +28,26 @@ def run_bare(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     n = cfg.num_clients
     algorithm = get_algorithm(cfg.algorithm)
+    if algorithm.share_heads or algorithm.global_heads:
+        raise ValueError(
+            f"the bare loop averages the encoder only; algorithm '{cfg.algorithm}' federates "
+            "heads too (use the simulation)"
+        )
     clients = []
     for cid in range(n):
         data = load_client_data(cfg, cid, n)
         model = build_model(cfg, data.tasks, data.input_shape)
         weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), cid)
-        clients.append((data, model, weighting))
-    keys = model_shared_keys(clients[0][1], algorithm)
+        personal = copy.deepcopy(model) if algorithm.schedule == "ditto" else None
+        clients.append((data, model, weighting, personal))
+    keys = model_shared_keys(clients[0][1], algorithm, cfg.shared_layers)
     shared = {k: clients[0][1].state_dict()[k].clone() for k in keys}
     rounds = []
     for rnd in range(1, cfg.num_server_rounds + 1):
         updates, weights = [], []
-        for data, model, weighting in clients:
+        for data, model, weighting, personal in clients:
             model.load_state_dict(shared, strict=False)
-            stats = local_round(model, data, weighting, cfg, rnd)
+            stats = local_round(model, data, weighting, cfg, rnd, algorithm, personal=personal)
             updates.append({k: model.state_dict()[k].clone() for k in keys})
             weights.append(stats.num_examples)
         w = np.asarray(weights, dtype=np.float64) / sum(weights)
@@ -48,8 +55,9 @@ def run_bare(cfg: RunConfig) -> dict[str, Any]:
         row: dict[str, Any] = {"round": rnd}
         if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
             per_client = {}
-            for data, model, _ in clients:
+            for data, model, _, personal in clients:
                 model.load_state_dict(shared, strict=False)
+                model = personal if personal is not None else model
                 per_client[str(data.client_id)] = {
                     task: {
                         f"{split}/{m}": v

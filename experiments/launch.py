@@ -15,9 +15,11 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from common.config import RunConfig, parse_run_config
 
@@ -56,22 +58,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_healthy(
+    port: int, proc: subprocess.Popen, timeout: float = 60.0, ca_cert: str | None = None
+) -> None:
+    """Wait until the SuperLink on `port` answers /health. With `ca_cert` it is checked over
+    HTTPS through that CA, which also proves its certificate is valid for 127.0.0.1."""
+    scheme = "https" if ca_cert else "http"
+    context = ssl.create_default_context(cafile=ca_cert) if ca_cert else None
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with code {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
+            url = f"{scheme}://127.0.0.1:{port}/health"
+            with urllib.request.urlopen(url, timeout=0.5, context=context) as r:
                 if r.status == 200:
                     return
-        except OSError:
-            pass
+        except OSError as err:  # urllib wraps TLS failures in URLError (an OSError)
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise RuntimeError(
+                    f"the SuperLink's certificate does not verify: {reason}"
+                ) from None
+            last = err
         time.sleep(0.2)
-    raise TimeoutError(f"SuperLink on port {port} not healthy after {timeout:.0f}s")
+    raise TimeoutError(f"SuperLink on port {port} not healthy after {timeout:.0f}s ({last})")
 
 
-def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the whole group (SuperLink, simulation process, Ray), then SIGKILL."""
     if proc.poll() is not None and not _group_alive(proc.pid):
         return
@@ -82,7 +97,8 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and _group_alive(proc.pid):
-            time.sleep(0.2)
+            proc.poll()  # reap our own child: a zombie still counts as a group member
+            time.sleep(0.1)
         if not _group_alive(proc.pid):
             break
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -113,43 +129,32 @@ class Outcome:
         return self.status == "completed" and self.flower_status.startswith("finished:completed")
 
 
-def run_simulation(
-    overrides: dict[str, Any] | None = None,
-    *,
-    app_dir: Path = REPO,
-    cpus_per_client: int | float = 1,
-    echo: bool = True,
-    timeout: float | None = None,
-) -> Outcome:
-    """Run the app once in the Simulation Engine with `overrides` of the run config."""
-    overrides = dict(overrides or {})
-    cfg = parse_run_config(overrides)  # fail fast, before any process starts
-    results_root = Path(overrides.get("results-dir", cfg.results_dir))
-    if not results_root.is_absolute():
-        results_root = Path.cwd() / results_root
-    overrides["results-dir"] = str(results_root)
-    if cfg.state_dir and not Path(cfg.state_dir).is_absolute():
-        overrides["state-dir"] = str(Path.cwd() / cfg.state_dir)
-    results_dir = results_root / cfg.name
-    results_dir.mkdir(parents=True, exist_ok=True)
-    log_path = results_dir / "flower.log"
-    (results_dir / "summary.json").unlink(missing_ok=True)
+class SimulationEngine:
+    """A SuperLink in simulation mode (loopback, free port, private FLWR_HOME) that runs one
+    or more apps in turn; stopped, with everything it started, on exit.
 
-    STATE.mkdir(exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=STATE))
-    env = flower_env()
-    env["FLWR_HOME"] = str(home)
-    port = free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "fedmtl-sim"\n\n[superlink.fedmtl-sim]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    run_config = home / "run-config.toml"
-    run_config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in overrides.items()))
+        with SimulationEngine() as engine:
+            for overrides in grid:
+                outcome = engine.run(overrides)
+    """
 
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        superlink = subprocess.Popen(
+    def __init__(self, app_dir: Path = REPO, cpus_per_client: int | float = 1) -> None:
+        self.app_dir = app_dir
+        self.cpus_per_client = cpus_per_client
+        self.superlink: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationEngine:
+        STATE.mkdir(exist_ok=True)
+        self.home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=STATE))
+        self.env = flower_env()
+        self.env["FLWR_HOME"] = str(self.home)
+        port = free_port()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fedmtl-sim"\n\n[superlink.fedmtl-sim]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        self.superlink_log = open(self.home / "superlink.log", "w")
+        self.superlink = subprocess.Popen(
             [
                 "flower-superlink",
                 "--insecure",
@@ -160,41 +165,93 @@ def run_simulation(
                 str(port),
                 "--disable-runtime-dependency-installation",
             ],
-            env=env,
-            cwd=str(app_dir),
-            stdout=log,
+            env=self.env,
+            cwd=str(self.app_dir),
+            stdout=self.superlink_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            wait_healthy(port, superlink)
-            fed_cfg = (
-                f"num-supernodes={cfg.num_clients} "
-                f"client-resources-num-cpus={_toml(cpus_per_client)} client-resources-num-gpus=0.0"
-            )
-            cmd = [
-                "flwr",
-                "run",
-                str(app_dir),
-                "fedmtl-sim",
-                "--stream",
-                "--run-config",
-                str(run_config),
-                "--federation-config",
-                fed_cfg,
-            ]
-            _stream(cmd, env, log, echo=echo, timeout=timeout)
-            flower_status = _flower_status(env)
-        finally:
-            stop_process_group(superlink)
-            shutil.rmtree(home, ignore_errors=True)
-    summary_path = results_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    status = summary["status"] if summary else "failed"
-    return Outcome(status, summary, results_dir, log_path, time.perf_counter() - t0, flower_status)
+            wait_healthy(port, self.superlink)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.superlink is not None:
+            stop_process_group(self.superlink)
+            self.superlink = None
+        self.superlink_log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def run(
+        self,
+        overrides: dict[str, Any] | None = None,
+        *,
+        echo: bool = True,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """Run the app once with `overrides` of the run config; wait for it to finish."""
+        overrides = dict(overrides or {})
+        cfg = parse_run_config(overrides)  # fail fast, before anything is submitted
+        results_root = Path(overrides.get("results-dir", cfg.results_dir))
+        if not results_root.is_absolute():
+            results_root = Path.cwd() / results_root
+        overrides["results-dir"] = str(results_root)
+        if cfg.state_dir and not Path(cfg.state_dir).is_absolute():
+            overrides["state-dir"] = str(Path.cwd() / cfg.state_dir)
+        results_dir = results_root / cfg.name
+        results_dir.mkdir(parents=True, exist_ok=True)
+        log_path = results_dir / "flower.log"
+        (results_dir / "summary.json").unlink(missing_ok=True)
+        run_config = self.home / "run-config.toml"
+        run_config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
+        fed_cfg = (
+            f"num-supernodes={cfg.num_clients} "
+            f"client-resources-num-cpus={toml_value(self.cpus_per_client)} "
+            "client-resources-num-gpus=0.0"
+        )
+        cmd = [
+            "flwr",
+            "run",
+            str(self.app_dir),
+            "fedmtl-sim",
+            "--stream",
+            "--run-config",
+            str(run_config),
+            "--federation-config",
+            fed_cfg,
+        ]
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            run_id = _stream(cmd, self.env, log, echo=echo, timeout=timeout)
+        flower_status = _flower_status(self.env, run_id)
+        summary_path = results_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        status = summary["status"] if summary else "failed"
+        wall = time.perf_counter() - t0
+        return Outcome(status, summary, results_dir, log_path, wall, flower_status)
 
 
-def _toml(value: Any) -> str:
+def run_simulation(
+    overrides: dict[str, Any] | None = None,
+    *,
+    app_dir: Path = REPO,
+    cpus_per_client: int | float = 1,
+    echo: bool = True,
+    timeout: float | None = None,
+) -> Outcome:
+    """Run the app once in the Simulation Engine with `overrides` of the run config."""
+    parse_run_config(dict(overrides or {}))  # fail fast, before any process starts
+    t0 = time.perf_counter()
+    with SimulationEngine(app_dir, cpus_per_client) as engine:
+        outcome = engine.run(overrides, echo=echo, timeout=timeout)
+    outcome.wall_time_s = time.perf_counter() - t0  # includes the SuperLink's start and stop
+    return outcome
+
+
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -202,8 +259,11 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-def _stream(cmd: list[str], env: dict[str, str], log, *, echo: bool, timeout: float | None) -> None:
-    """Run `flwr run --stream`, keep its whole output in the log, show our lines."""
+def _stream(
+    cmd: list[str], env: dict[str, str], log: IO[str], *, echo: bool, timeout: float | None
+) -> str:
+    """Run `flwr run --stream`, keep its whole output in the log, show our lines; returns
+    the run id Flower printed ('' if none)."""
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -213,10 +273,13 @@ def _stream(cmd: list[str], env: dict[str, str], log, *, echo: bool, timeout: fl
         start_new_session=True,
     )
     deadline = None if timeout is None else time.monotonic() + timeout
+    run_id = ""
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            if not run_id and (m := re.search(r"(?:started|Created) run (\d+)", line)):
+                run_id = m.group(1)
             if echo and ("fedmtl |" in line or "ERROR" in line or "Error" in line):
                 print(line.rstrip().split("fedmtl | ", 1)[-1], flush=True)
             if deadline is not None and time.monotonic() > deadline:
@@ -224,16 +287,15 @@ def _stream(cmd: list[str], env: dict[str, str], log, *, echo: bool, timeout: fl
         proc.wait(timeout=60)
     finally:
         stop_process_group(proc, grace=2.0)
+    return run_id
 
 
-def _flower_status(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        ["flwr", "ls", "fedmtl-sim", "--format", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _flower_status(env: dict[str, str], run_id: str) -> str:
+    """The run's status as the SuperLink records it (e.g. 'finished:failed')."""
+    cmd = ["flwr", "ls", "fedmtl-sim", "--format", "json"]
+    if run_id:
+        cmd += ["--run-id", run_id]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     try:
         runs = json.loads(out.stdout).get("runs", [])
     except json.JSONDecodeError:

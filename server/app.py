@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import traceback
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -18,9 +18,14 @@ from common.config import RunConfig, parse_run_config
 from common.datasets import input_shape
 from common.models import MultiTaskModel, build_encoder, count_parameters
 from common.records import arrays_from_model, model_shared_keys
+from server.checkpoint import load_checkpoint, restore_strategy
+from server.metered_grid import MeteredGrid
+from server.privacy import wrap_central_dp
 from server.results import RunResults
 from server.rounds import run_rounds
+from server.secure_aggregation import SecAggTrainer
 from server.strategies import build_strategy
+from server.task_heads import TaskAwareHeads
 
 app = ServerApp()
 
@@ -40,21 +45,33 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(cfg.seed)  # Flower's node sampling uses Python's global RNG
     torch.manual_seed(cfg.seed)
     out = Path(cfg.results_dir) / cfg.name
-    results = RunResults(out, {**cfg.to_dict(), "run-name": cfg.name})
+    results = RunResults(out, {**cfg.to_dict(), "run-name": cfg.name, "digest": cfg.digest()})
     log(INFO, "fedmtl | run '%s' -> %s", cfg.name, out.resolve())
     try:
         model = initial_model(cfg)
-        keys = model_shared_keys(model, get_algorithm(cfg.algorithm))
+        algorithm = get_algorithm(cfg.algorithm)
+        keys = model_shared_keys(model, algorithm, cfg.shared_layers)
         arrays = arrays_from_model(model, keys)
         strategy = build_strategy(cfg)
-        run_rounds(
-            grid,
-            strategy,
-            arrays,
-            cfg,
-            results,
-            audit_path=str(out / "received.jsonl") if cfg.audit_received else None,
-        )
+        if cfg.privacy == "central-dp":
+            strategy = wrap_central_dp(strategy, cfg, cfg.num_clients)
+        if algorithm.share_heads or algorithm.global_heads:
+            strategy = TaskAwareHeads(strategy)
+        start = 1
+        if cfg.resume:
+            ckpt = load_checkpoint(out / "checkpoints", cfg.digest())
+            if ckpt is None:
+                log(WARNING, "fedmtl | resume: no checkpoint in %s; starting at round 1", out)
+            else:
+                arrays, start = ckpt.arrays, ckpt.round + 1
+                restore_strategy(strategy, ckpt)
+                log(INFO, "fedmtl | resuming after round %d from %s", ckpt.round, ckpt.path)
+        results.keep_rounds_until(start - 1)
+        audit = out / "received.jsonl"
+        audit.unlink(missing_ok=True)
+        metered = MeteredGrid(grid, str(audit) if cfg.audit_received else None)
+        secagg = SecAggTrainer(metered, context, cfg) if cfg.secagg else None
+        run_rounds(metered, strategy, arrays, cfg, results, start_round=start, secagg=secagg)
     except Exception as err:
         log(ERROR, "fedmtl | run failed: %s", err)
         results.finish("failed", error=f"{type(err).__name__}: {err}")

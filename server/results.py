@@ -3,6 +3,7 @@ the aggregated shared arrays (every round), summary.json and plots (at the end).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,26 +11,31 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from common.storage import append_jsonl, atomic_write_arrays, atomic_write_json
+from common.storage import append_jsonl, atomic_write_arrays, atomic_write_bytes, atomic_write_json
 
 LAST_K = 5
 
 
 class RunResults:
-    def __init__(
-        self, directory: str | Path, config: dict[str, Any], *, resume: bool = False
-    ) -> None:
+    def __init__(self, directory: str | Path, config: dict[str, Any]) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
         self.started = time.time()
-        if resume and self.metrics_path.exists():
-            self.rounds = read_metrics(self.metrics_path)
-        else:
-            self.metrics_path.unlink(missing_ok=True)
-            (self.dir / "summary.json").unlink(missing_ok=True)
+        self.stopped_early: str | None = None
+        self._previous = read_metrics(self.metrics_path) if self.metrics_path.exists() else []
+        self.metrics_path.unlink(missing_ok=True)
+        (self.dir / "summary.json").unlink(missing_ok=True)
         atomic_write_json(self.dir / "config.json", config)
+
+    def keep_rounds_until(self, last_round: int) -> None:
+        """On resume: keep the metrics of rounds up to the checkpoint, drop later ones (a
+        crash may have logged a round whose checkpoint was never written)."""
+        self.rounds = [r for r in self._previous if r["round"] <= last_round]
+        atomic_write_bytes(
+            self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rounds).encode()
+        )
 
     @property
     def metrics_path(self) -> Path:
@@ -47,6 +53,8 @@ class RunResults:
     ) -> dict[str, Any]:
         summary = build_summary(self.rounds, status=status, config=self.config)
         summary["wall_time_s"] = round(time.time() - self.started, 3)
+        if self.stopped_early:
+            summary["stopped_early"] = self.stopped_early
         if error:
             summary["error"] = error
         summary.update(extra or {})
@@ -59,8 +67,6 @@ class RunResults:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 

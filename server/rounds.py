@@ -1,128 +1,191 @@
 """The round loop: Flower's strategy decides whom to send what and how to aggregate; this
 loop adds what a long-running federation needs around it: reply checks, failure counts,
-byte counts, evaluation cadence, a metrics line and the saved arrays every round."""
+byte counts (measured on the messages by `MeteredGrid`), evaluation cadence, a metrics line,
+the saved arrays and a checkpoint every round. Under `secagg`, the training phase is Flower's
+SecAgg+ workflow instead (see `server.secure_aggregation`)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Strategy
 
+from common.compression import decompress_reply
 from common.config import RunConfig
-from common.records import record_bytes
+from common.records import TASK_ARRAYS
+from server.checkpoint import save_checkpoint
+from server.metered_grid import MeteredGrid
 from server.metrics import TASK_RECORD, per_client, per_task
+from server.privacy import check_budget, privacy_after_round
 from server.results import RunResults, headline
+from server.validation import client_of, validate_evaluate_replies, validate_train_replies
 
 
 class RoundFailed(RuntimeError):
-    """No usable replies were left in a round."""
+    """Too few usable replies were left in a round."""
 
 
-def client_of(msg: Message) -> str:
-    cr = msg.content.config_records.get(TASK_RECORD)
-    return str(cr["client-id"]) if cr is not None else f"node-{msg.metadata.src_node_id}"
+@dataclass
+class TrainOutcome:
+    """What one training phase produced, whatever protocol ran it."""
+
+    arrays: ArrayRecord
+    clients: int
+    failures: int
+    train_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def check_replies(
-    server_round: int, replies: Iterable[Message], sent: ArrayRecord | None
-) -> tuple[list[Message], list[str]]:
-    """Split replies into usable ones and reasons for the rest. A training reply must carry
-    exactly the array keys and shapes that were sent, all finite."""
-    good, problems = [], []
-    for msg in replies:
-        who = f"node {msg.metadata.src_node_id}"
-        if msg.has_error():
-            problems.append(f"{who}: error {msg.error.reason}")
-            continue
-        if sent is not None:
-            arrays = msg.content.array_records.get("arrays")
-            if arrays is None:
-                problems.append(f"{who} ({client_of(msg)}): no 'arrays' record")
-                continue
-            if list(arrays.keys()) != list(sent.keys()):
-                extra = sorted(set(arrays) - set(sent))[:3]
-                problems.append(
-                    f"{who} ({client_of(msg)}): keys differ from those sent (extra {extra})"
-                )
-                continue
-            bad = [
-                k
-                for k, a in arrays.items()
-                if a.shape != sent[k].shape or not np.isfinite(a.numpy()).all()
-            ]
-            if bad:
-                problems.append(
-                    f"{who} ({client_of(msg)}): wrong shape or non-finite values in {bad[:3]}"
-                )
-                continue
-        good.append(msg)
-    for p in problems:
-        log(WARNING, "fedmtl | round %d: rejected reply from %s", server_round, p)
-    # Aggregate in client order so that the same seed gives the same floating-point sums.
-    good.sort(key=lambda m: client_of(m).zfill(12))
-    return good, problems
+def flower_train_phase(
+    grid: MeteredGrid, strategy: Strategy, arrays: ArrayRecord, rnd: int, cfg: RunConfig
+) -> TrainOutcome:
+    """Configure, send, validate every reply, aggregate with the Flower strategy."""
+    config = ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs})
+    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    for msg in replies:  # bytes were counted as received; strategies see float32 arrays
+        if not msg.has_error() and (problem := decompress_reply(msg.content, arrays)):
+            log(WARNING, "fedmtl | round %d: node %d: %s", rnd, msg.metadata.src_node_id, problem)
+    good, rejected = validate_train_replies(
+        rnd,
+        replies,
+        arrays,
+        known_heads=getattr(strategy, "task_arrays", None),
+        max_update_ratio=cfg.max_update_ratio,
+    )
+    missing = len(messages) - len(replies)
+    if len(good) < min(cfg.min_nodes, len(messages)):
+        reasons = [f"client {r.client}: {r.reason}" for r in rejected]
+        if missing:
+            reasons.append(f"{missing} client(s) sent no reply within {cfg.round_timeout:g}s")
+        raise RoundFailed(
+            f"round {rnd}: {len(good)} usable training replies of {len(messages)}, fewer than "
+            f"min-nodes = {cfg.min_nodes}; " + "; ".join(reasons)
+        )
+    new_arrays, metrics = strategy.aggregate_train(rnd, good)
+    extra: dict[str, Any] = {"rejected": [r.as_dict() for r in rejected], "no_reply": missing}
+    eps = {
+        client_of(m): float(m.content[TASK_RECORD]["dp-epsilon"])
+        for m in good
+        if "dp-epsilon" in m.content.config_records.get(TASK_RECORD, {})
+    }
+    if eps:
+        extra["dp_epsilon"] = eps  # cumulative ε per client (sample-level DP-SGD)
+    return TrainOutcome(
+        arrays=new_arrays if new_arrays is not None else arrays,
+        clients=len(good),
+        failures=len(rejected) + missing,
+        train_loss=float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
+        extra=extra,
+    )
+
+
+def evaluation_messages(
+    strategy: Strategy, arrays: ArrayRecord, rnd: int, grid: MeteredGrid, *, full: bool
+) -> list[Message]:
+    """Every client (full evaluation) or the strategy's sample (`fraction-evaluate`)."""
+    if not full:
+        return list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": rnd})})
+    heads = getattr(strategy, "task_arrays", None)
+    if heads is not None:
+        content[TASK_ARRAYS] = heads
+    return [
+        Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+        for node in sorted(grid.get_node_ids())
+    ]
+
+
+def evaluate_phase(
+    grid: MeteredGrid, strategy: Strategy, arrays: ArrayRecord, rnd: int, cfg: RunConfig, full: bool
+) -> dict[str, Any]:
+    msgs = evaluation_messages(strategy, arrays, rnd, grid, full=full)
+    replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+    good, rejected = validate_evaluate_replies(rnd, replies)
+    out: dict[str, Any] = {"eval_failures": len(rejected) + len(msgs) - len(replies)}
+    if good:
+        strategy.aggregate_evaluate(rnd, good)
+        clients = per_client([m.content for m in good])
+        # Full evaluations make the per-round curves; sampled ones are kept apart.
+        prefix = "" if full else "sampled_"
+        out[prefix + "per_task"] = per_task(clients)
+        out[prefix + "per_client"] = clients
+    return out
 
 
 def run_rounds(
-    grid: Grid,
+    grid: MeteredGrid,
     strategy: Strategy,
     arrays: ArrayRecord,
     cfg: RunConfig,
     results: RunResults,
     *,
     start_round: int = 1,
-    audit_path: str | None = None,
+    secagg: Any = None,
 ) -> ArrayRecord:
+    """Rounds `start_round`..`num-server-rounds`; `secagg` (a `SecAggTrainer`) replaces the
+    Flower training phase when secure aggregation is on."""
     total = cfg.num_server_rounds
     for rnd in range(start_round, total + 1):
         t0 = time.perf_counter()
-        config = ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs})
-        messages = list(strategy.configure_train(rnd, arrays, config, grid))
-        sent = arrays
-        bytes_down = sum(record_bytes(m.content["arrays"]) for m in messages)
-        replies = list(grid.send_and_receive(messages))
-        good, problems = check_replies(rnd, replies, sent)
-        if not good:
-            raise RoundFailed(f"round {rnd}: no usable training replies; " + "; ".join(problems))
-        bytes_up = sum(record_bytes(m.content["arrays"]) for m in good)
-        if audit_path:
-            _audit(audit_path, rnd, good)
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, good)
-        if new_arrays is not None:
-            arrays = new_arrays
-        t_train = time.perf_counter() - t0
-
-        row: dict = {
+        grid.round = rnd
+        grid.take_counts()
+        try:
+            check_budget(strategy)
+            if secagg is not None:
+                trained = secagg.train_round(rnd, arrays)
+            else:
+                trained = flower_train_phase(grid, strategy, arrays, rnd, cfg)
+        except PrivacyBudgetExhausted as err:
+            log(WARNING, "fedmtl | stopping before round %d: %s", rnd, err)
+            results.stopped_early = f"privacy budget: {err}"
+            break
+        # Some strategies (FedOpt, DP noise) compute in float64: keep the model's dtypes.
+        arrays = cast_like(trained.arrays, arrays)
+        row: dict[str, Any] = {
             "round": rnd,
-            "clients": len(good),
-            "failures": len(problems),
-            "train_loss": float(train_metrics["train-loss"]) if train_metrics else None,
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
+            "clients": trained.clients,
+            "failures": trained.failures,
+            "train_loss": trained.train_loss,
+            **trained.extra,
         }
-        if rnd % cfg.eval_every == 0 or rnd == total:
-            eval_msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
-            row["bytes_down"] += sum(record_bytes(m.content["arrays"]) for m in eval_msgs)
-            eval_good, eval_problems = check_replies(rnd, grid.send_and_receive(eval_msgs), None)
-            row["failures"] += len(eval_problems)
-            if eval_good:
-                strategy.aggregate_evaluate(rnd, eval_good)
-                clients = per_client([m.content for m in eval_good])
-                row["per_task"] = per_task(clients)
-                row["per_client"] = clients
+        central_dp = privacy_after_round(secagg.dp_strategy if secagg else strategy)
+        if central_dp:
+            row["central_dp"] = central_dp  # cumulative client-level (ε, δ)
+        row["train_seconds"] = round(time.perf_counter() - t0, 3)
+        full = rnd % cfg.eval_every == 0 or rnd == total
+        if full or cfg.fraction_evaluate > 0:
+            evaluation = evaluate_phase(grid, strategy, arrays, rnd, cfg, full)
+            row["failures"] += evaluation.pop("eval_failures")
+            row.update(evaluation)
+        row["bytes_up"], row["bytes_down"] = grid.take_counts()
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        row["train_seconds"] = round(t_train, 3)
         results.log_round(row)
         results.save_arrays(arrays)
+        heads = getattr(strategy, "task_arrays", None)
+        if heads is not None:
+            results.save_arrays(heads, "task_arrays.npz")
+        save_checkpoint(results.dir / "checkpoints", rnd, cfg.digest(), arrays, strategy)
         log(INFO, "fedmtl | %s", round_line(row, total))
     return arrays
+
+
+def cast_like(new: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """`new` with each array in the dtype of the same key in `reference`."""
+    out = {}
+    for key, array in new.items():
+        dtype = reference[key].numpy().dtype if key in reference else None
+        value = array.numpy()
+        out[key] = (
+            Array(value.astype(dtype)) if dtype is not None and value.dtype != dtype else array
+        )
+    return ArrayRecord(out)
 
 
 def round_line(row: dict, total: int) -> str:
@@ -133,22 +196,11 @@ def round_line(row: dict, total: int) -> str:
         h = headline(metrics)
         if h:
             parts.append(f"{task} {h[0][:3]} {h[1]:.3f}")
+    if "central_dp" in row:
+        parts.append(f"ε {row['central_dp']['epsilon']:.2f}")
+    if row.get("dp_epsilon"):
+        parts.append(f"ε ≤ {max(row['dp_epsilon'].values()):.2f}")
     if row.get("failures"):
         parts.append(f"{row['failures']} failed")
     parts.append(f"{row['seconds']:.1f}s")
     return " | ".join(parts)
-
-
-def _audit(path: str, rnd: int, replies: list[Message]) -> None:
-    """What the server actually received, per reply (for tests and audits)."""
-    with open(path, "a", encoding="utf-8") as f:
-        for m in replies:
-            entry = {
-                "round": rnd,
-                "client": client_of(m),
-                "node": m.metadata.src_node_id,
-                "records": sorted(m.content.array_records.keys()),
-                "keys": {name: list(rec.keys()) for name, rec in m.content.array_records.items()},
-                "config": {name: dict(rec) for name, rec in m.content.config_records.items()},
-            }
-            f.write(json.dumps(entry) + "\n")

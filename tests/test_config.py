@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.algorithms import ALGORITHMS
 from common.config import CHOICES, ConfigError, RunConfig, parse_run_config
@@ -65,7 +65,7 @@ def test_unknown_task_in_plan_is_named() -> None:
         parse_plan("left;colour,sum", ["left", "right", "sum"], 3)
 
 
-def test_launcher_refuses_bad_config_before_starting_anything(capsys) -> None:  # noqa: ANN001
+def test_launcher_refuses_bad_config_before_starting_anything(capsys) -> None:
     from experiments.launch import main
 
     assert main(["-c", "algorithm=fedfoo"]) == 2

@@ -34,6 +34,10 @@ def test_outputs_per_task_have_the_task_width() -> None:
     model = build_model(cfg, MULTIDIGITS_TASKS, (8, 16))
     out = model(torch.zeros(4, 8, 16))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "left": (4, 10), "right": (4, 10), "sum": (4, 1), "parity": (4, 1), "equal": (4, 1)
+        "left": (4, 10),
+        "right": (4, 10),
+        "sum": (4, 1),
+        "parity": (4, 1),
+        "equal": (4, 1),
     }
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

@@ -20,9 +20,10 @@ def core_run(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     return simulate(tmp_path_factory.mktemp("core"), **{"audit-received": True, "run-name": "core"})
 
 
-def audit(outcome: Outcome) -> list[dict]:
+def audit(outcome: Outcome, phase: str = "train") -> list[dict]:
+    """What the ServerApp received, reply by reply, in one phase."""
     lines = (outcome.results_dir / "received.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [e for e in map(json.loads, lines) if e["phase"] == phase]
 
 
 def test_server_receives_only_the_encoder_keys_it_sent(core_run: Outcome) -> None:
@@ -68,7 +69,9 @@ def test_every_client_reports_every_task_it_holds(core_run: Outcome) -> None:
     assert len(task_sets) == TINY["num-clients"], "clients should hold different task sets"
     assert summary["bytes_up"] > 0 and summary["bytes_down"] >= summary["bytes_up"]
     assert (core_run.results_dir / "per_task.png").stat().st_size > 1000
-    rows = [json.loads(x) for x in (core_run.results_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (core_run.results_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["round"] for r in rows] == [1, 2]
 
 
@@ -81,4 +84,21 @@ def test_same_seed_gives_identical_metrics(core_run: Outcome, tmp_path: Path) ->
             r.pop("seconds"), r.pop("train_seconds")
         return rows
 
-    assert strip(again.results_dir / "metrics.jsonl") == strip(core_run.results_dir / "metrics.jsonl")
+    assert strip(again.results_dir / "metrics.jsonl") == strip(
+        core_run.results_dir / "metrics.jsonl"
+    )
+
+
+def test_bare_loop_reproduces_the_simulation(core_run: Outcome) -> None:
+    """The Flower run and the Flower-free loop train the same clients the same way."""
+    from experiments.bare_loop import run_bare
+
+    cfg = parse_run_config({k: v for k, v in TINY.items()})
+    bare = run_bare(cfg)["rounds"][-1]["per_client"]
+    flower = core_run.summary["per_client"]
+    assert bare.keys() == flower.keys()
+    for client, tasks in flower.items():
+        for task, metrics in tasks.items():
+            for name in ("test/accuracy", "test/mae"):
+                if name in metrics:
+                    assert bare[client][task][name] == pytest.approx(metrics[name], abs=1e-3)

@@ -1,0 +1,720 @@
+"""A real Flower deployment on this machine: SuperLink, N SuperNodes, `flwr run`, results.
+
+Everything a multi-host deployment has, on loopback: TLS on the SuperLink (certificates from
+`deploy.certs`), SuperNode authentication (each node's public key registered with
+`flwr supernode register` before the node starts), one node config per SuperNode
+(partition, state dir), one FLWR_HOME per process, a log file per process, and every process
+stopped by PID / process group at the end. It exists to try a deployment end to end in a
+minute, to test one (tests/test_deploy.py), and as the single source of the SuperLink,
+SuperNode and SuperExec flags: `superlink_args`, `supernode_args` and `superexec_args` build
+every command line, and a test checks docker-compose.yml against them.
+
+    python -m deploy.local run --nodes 3 -c num-server-rounds=5   # up, run, summary, down
+    python -m deploy.local up --nodes 3       # keep it up (Ctrl-C stops it); submit runs with
+                                              # the FLWR_HOME and connection it prints
+    python -m deploy.local run --insecure     # no TLS, no node auth: local development only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from common.config import ConfigError, parse_run_config
+from deploy.certs import CertFiles, generate, node_key_path
+from experiments.launch import (
+    REPO,
+    STATE,
+    Outcome,
+    flower_env,
+    free_port,
+    parse_overrides,
+    stop_process_group,
+    summary_table,
+    toml_value,
+    wait_healthy,
+)
+
+CONNECTION = "fedmtl-local"  # the connection name in this deployment's FLWR_HOME
+LOOPBACK = "127.0.0.1"
+
+
+# --- command lines: the one place that knows the flags (docker-compose.yml uses the same) ---
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The SuperLink's TLS files, as paths where the SuperLink runs (host or container)."""
+
+    ca_cert: str
+    certfile: str
+    keyfile: str
+
+    @classmethod
+    def from_files(cls, files: CertFiles) -> ServerTls:
+        return cls(str(files.ca_cert), str(files.server_cert), str(files.server_key))
+
+
+def superlink_args(
+    *,
+    host: str,
+    port: int,
+    tls: ServerTls | None,
+    database: str | None = None,
+    isolation: str = "subprocess",
+) -> list[str]:
+    """Flags of `flower-superlink`. TLS always comes with SuperNode authentication: a
+    deployment that encrypts but accepts any node is not one we ship."""
+    args = (
+        ["--insecure"]
+        if tls is None
+        else [
+            "--ssl-ca-certfile",
+            tls.ca_cert,
+            "--ssl-certfile",
+            tls.certfile,
+            "--ssl-keyfile",
+            tls.keyfile,
+            "--enable-supernode-auth",
+        ]
+    )
+    args += ["--isolation", isolation, "--host", host, "--port", str(port)]
+    if database:
+        args += ["--database", database]
+    # The app's dependencies are installed beforehand (venv, image): never `uv sync` per run.
+    return [*args, "--disable-runtime-dependency-installation"]
+
+
+def supernode_args(
+    *,
+    superlink: str,
+    node_config: str,
+    port: int,
+    root_certificates: str | None,
+    auth_key: str | None,
+    host: str = LOOPBACK,
+    isolation: str = "subprocess",
+) -> list[str]:
+    """Flags of `flower-supernode`. `port` is its own Runtime API (ClientApp I/O): several
+    nodes on one host need different ones; in process isolation the ClientApp SuperExec
+    dials it, so it binds `host` 0.0.0.0 inside a container."""
+    if auth_key and not root_certificates:
+        raise ValueError("SuperNode authentication needs TLS: give root_certificates too")
+    args = _client_tls(root_certificates)
+    if auth_key:
+        args += ["--auth-supernode-private-key", auth_key]
+    return [
+        *args,
+        "--superlink",
+        superlink,
+        "--isolation",
+        isolation,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--node-config",
+        node_config,
+    ]
+
+
+def superexec_args(*, runtime_api: str, root_certificates: str | None) -> list[str]:
+    """Flags of `flower-superexec` in process isolation (one per SuperNode for ClientApps,
+    one per SuperLink for ServerApps); in subprocess isolation Flower starts it itself."""
+    return [*_client_tls(root_certificates), "--runtime-api-address", runtime_api]
+
+
+def _client_tls(ca_cert: str | None) -> list[str]:
+    return ["--insecure"] if ca_cert is None else ["--root-certificates", ca_cert]
+
+
+def node_config(
+    partition_id: int,
+    num_partitions: int,
+    *,
+    state_dir: str | None = None,
+    client_id: int | None = None,
+    data_file: str | None = None,
+    schema_file: str | None = None,
+) -> str:
+    """The `--node-config` string the ClientApp reads (client/app.py): partition-id,
+    num-partitions, and optionally client-id, state-dir, and a node's own data-file /
+    schema-file (dataset `user`; they take precedence over the run config's)."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    parts = [f"partition-id={partition_id}", f"num-partitions={num_partitions}"]
+    if client_id is not None:
+        parts.append(f"client-id={client_id}")
+    for key, path in (
+        ("state-dir", state_dir),
+        ("data-file", data_file),
+        ("schema-file", schema_file),
+    ):
+        if path:
+            # Flower splits the string on spaces outside double quotes and reads each value
+            # as TOML: a quote or an escape inside the path cannot be expressed.
+            if '"' in path or "'" in path or "\\" in path:
+                raise ValueError(f"{key} {path!r}: quotes and backslashes are not supported")
+            parts.append(f'{key}="{path}"')
+    return " ".join(parts)
+
+
+def cli_connection(name: str, address: str, root_certificates: str | None) -> str:
+    """A `[superlink.<name>]` table for `$FLWR_HOME/config.toml` (what `flwr run/ls/log
+    <name>` use); `root-certificates` must be an absolute path."""
+    lines = [f"[superlink.{name}]", f"address = {json.dumps(address)}"]
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
+    return "\n".join(lines) + "\n"
+
+
+# --- processes ---
+
+
+def _ps_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, start time) for every process (ps works on Linux and macOS)."""
+    out = subprocess.run(
+        ["ps", "-A", "-o", "pid=,ppid=,lstart="], capture_output=True, text=True, check=False
+    ).stdout
+    table = {}
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            table[int(parts[0])] = (int(parts[1]), parts[2].strip())
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of `pid`."""
+    table = _ps_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found[child] = table[child][1]
+                todo.append(child)
+    return found
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop `proc`'s process group, then any descendant that left the group (Flower starts
+    SuperExec in a session of its own; it would exit with its parent, a little later)."""
+    tree = descendants(proc.pid)
+    stop_process_group(proc, grace=grace)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        alive = still_running(tree)
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and still_running(tree):
+            time.sleep(0.1)
+
+
+def still_running(tree: dict[int, str]) -> list[int]:
+    """The PIDs of `tree` still running and still the processes we saw (same start time)."""
+    table = _ps_table()
+    return [pid for pid, started in tree.items() if table.get(pid, (0, ""))[1] == started]
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while stopping: a second Ctrl-C must not leave half of the
+    deployment running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
+
+
+# --- the deployment ---
+
+
+@dataclass
+class LocalDeployment:
+    """A SuperLink and `nodes` authenticated SuperNodes on loopback; a context manager that
+    stops every process it started, whatever happens in between.
+
+    TLS is the default: without `certs` a fresh CA and keys are made in the run dir.
+    `insecure=True` (no TLS, no node authentication) must be asked for explicitly.
+    """
+
+    nodes: int
+    run_dir: Path
+    certs: CertFiles | None = None
+    insecure: bool = False
+    state_dir: Path | None = None
+    echo: bool = True
+    port: int = field(default=0, init=False)
+    home: Path = field(init=False)  # the CLI's FLWR_HOME (its connection config)
+    logs: Path = field(init=False)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+    _logs: list[Any] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError("a deployment needs at least one SuperNode")
+        if self.insecure and self.certs is not None:
+            raise ValueError("--insecure and certificates exclude each other")
+        self.run_dir = Path(self.run_dir).resolve()
+        self.state_dir = Path(self.state_dir or self.run_dir / "state").resolve()
+        self.home = self.run_dir / "flwr-home"
+        self.logs = self.run_dir / "logs"
+
+    # lifecycle
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 90.0) -> None:
+        """SuperLink, key registration, SuperNodes; returns when all nodes are online."""
+        for d in (self.run_dir, self.home, self.logs, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.insecure:
+            if self.certs is None:
+                self.certs = generate(self.run_dir / "certs", ["localhost", LOOPBACK], self.nodes)
+            check_certs(self.certs, self.nodes)
+        self.port = free_port()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            + cli_connection(CONNECTION, self.address, self._ca())
+        )
+        tls = None if self.certs is None else ServerTls.from_files(self.certs)
+        self._say(f"SuperLink on {self.address} ({'TLS + node auth' if tls else 'INSECURE'})")
+        proc = self._spawn(
+            "superlink",
+            "flower-superlink",
+            superlink_args(
+                host=LOOPBACK,
+                port=self.port,
+                tls=tls,
+                database=None,  # in memory: a fresh federation (and node list) every time
+            ),
+        )
+        self._wait_superlink(proc, timeout)
+        for i in range(self.nodes):
+            if self.certs is not None:
+                self.register(self.certs.node_keys[i].with_suffix(".pub"), f"supernode-{i}")
+        for i in range(self.nodes):
+            key = None if self.certs is None else self.certs.node_keys[i]
+            self.start_supernode(i, key=key)
+        self.wait_online(self.nodes, timeout)
+        self._say(f"{self.nodes} SuperNodes online; logs in {self.logs}")
+
+    def stop(self) -> None:
+        """SuperNodes first (no reconnect storm), then the SuperLink; by process group,
+        then by PID for whatever left the group. Idempotent."""
+        nodes = [p for name, p in self.procs.items() if name != "superlink"]
+        with _signals_held(), ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            list(pool.map(stop_tree, nodes))
+            if "superlink" in self.procs:
+                stop_tree(self.procs["superlink"])
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+    # pieces (public: tests and `up` use them)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def cli_env(self) -> dict[str, str]:
+        env = flower_env()
+        env["FLWR_HOME"] = str(self.home)
+        return env
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run the `flwr` CLI against this deployment."""
+        return subprocess.run(
+            ["flwr", *args],
+            env=self.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def register(self, public_key: Path, name: str) -> None:
+        """`flwr supernode register`; idempotent (a key the SuperLink already holds counts
+        as registered)."""
+        out = self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name)
+        if out.returncode != 0 and "already in use" not in out.stdout + out.stderr:
+            raise RuntimeError(f"registering {public_key} failed:\n{out.stdout}{out.stderr}")
+
+    def start_supernode(
+        self, index: int, *, key: Path | None, num_partitions: int | None = None
+    ) -> subprocess.Popen:
+        """Start SuperNode `index` (partition `index` of `num_partitions`, default: the
+        deployment's size) with its own state dir, FLWR_HOME, Runtime API port and log."""
+        name = f"supernode-{index}"
+        state = self.state_dir / name
+        state.mkdir(parents=True, exist_ok=True)
+        args = supernode_args(
+            superlink=self.address,
+            node_config=node_config(index, num_partitions or self.nodes, state_dir=str(state)),
+            port=free_port(),
+            root_certificates=self._ca(),
+            auth_key=None if key is None else str(key),
+        )
+        return self._spawn(name, "flower-supernode", args)
+
+    def online_nodes(self) -> int:
+        out = self.flwr("supernode", "list", CONNECTION, "--format", "json")
+        try:
+            nodes = json.loads(out.stdout).get("nodes", [])
+        except json.JSONDecodeError:
+            return 0
+        return sum(1 for n in nodes if n.get("status") == "online")
+
+    def wait_online(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {proc.returncode}:\n"
+                        + _tail(self.logs / f"{name}.log")
+                    )
+            if self.online_nodes() >= count:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")
+
+    def submit(self, overrides: dict[str, Any] | None = None, timeout: float = 900.0) -> Outcome:
+        """`flwr run` the app from this repo with run-config `overrides`, wait for it,
+        read its status from `summary.json` and from `flwr ls`."""
+        overrides = {"num-clients": self.nodes, **(overrides or {})}
+        cfg = parse_run_config(overrides)  # fail fast, before anything is submitted
+        root = Path(overrides.get("results-dir", cfg.results_dir))
+        # The ServerApp runs in another process and directory: only an absolute path is safe.
+        overrides["results-dir"] = str(root if root.is_absolute() else Path.cwd() / root)
+        results_dir = Path(overrides["results-dir"]) / cfg.name
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "summary.json").unlink(missing_ok=True)
+        run_config = self.home / f"run-config-{time.time_ns()}.toml"
+        run_config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
+        log_path = self.logs / f"flwr-run-{cfg.name}.log"
+        cmd = ["flwr", "run", str(REPO), CONNECTION, "--stream", "--run-config", str(run_config)]
+        t0 = time.perf_counter()
+        stream_run(cmd, self.cli_env(), log_path, echo=self.echo, timeout=timeout)
+        wall = time.perf_counter() - t0
+        summary_path = results_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        status = summary["status"] if summary else "failed"
+        return Outcome(status, summary, results_dir, log_path, wall, self.flower_status())
+
+    def flower_status(self) -> str:
+        """Status of the latest run as the SuperLink reports it (`flwr run` exits 0 even
+        when the run failed)."""
+        out = self.flwr("ls", CONNECTION, "--format", "json")
+        try:
+            runs = json.loads(out.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            return "unknown"
+        return str(runs[-1].get("status", "unknown")) if runs else "unknown"
+
+    # internals
+
+    def _ca(self) -> str | None:
+        return None if self.certs is None else str(self.certs.ca_cert)
+
+    def _spawn(self, name: str, exe: str, args: list[str]) -> subprocess.Popen:
+        if name in self.procs and self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is already running")
+        home = self.run_dir / "homes" / name  # a node's installed apps are its own
+        home.mkdir(parents=True, exist_ok=True)
+        env = flower_env()
+        env["FLWR_HOME"] = str(home)
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed in stop())
+        self._logs.append(log)
+        log.write(f"$ {exe} {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [exe, *args],
+            env=env,
+            cwd=str(self.run_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+        self.procs[name] = proc
+        return proc
+
+    def _wait_superlink(self, proc: subprocess.Popen, timeout: float) -> None:
+        try:
+            if self.certs is None:
+                wait_healthy(self.port, proc, timeout)
+            else:
+                wait_healthy(self.port, proc, timeout, ca_cert=str(self.certs.ca_cert))
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}:\n{_tail(self.logs / 'superlink.log')}") from None
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            print(f"deploy: {text}", flush=True)
+
+
+def check_certs(files: CertFiles, nodes: int) -> None:
+    """Fail before starting anything when a file is missing or the SuperLink certificate
+    is not valid for the address the nodes dial here."""
+    needed = [files.ca_cert, files.server_cert, files.server_key]
+    needed += [p for k in files.node_keys[:nodes] for p in (k, k.with_suffix(".pub"))]
+    missing = [str(p) for p in needed if not p.exists()]
+    if len(files.node_keys) < nodes or missing:
+        raise FileNotFoundError(
+            f"certificate files missing ({', '.join(missing) or f'keys for {nodes} nodes'}); "
+            f"run: python -m deploy.certs --out {files.dir} --san localhost --san {LOOPBACK} "
+            f"--nodes {nodes}"
+        )
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    if LOOPBACK not in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}:
+        raise ValueError(f"{files.server_cert} lacks the SAN {LOOPBACK}; re-run deploy.certs")
+
+
+def cert_files(directory: Path, nodes: int) -> CertFiles:
+    """The files `deploy.certs` wrote into `directory` (nothing is created)."""
+    d = Path(directory).resolve()
+    return CertFiles(
+        d,
+        d / "ca.crt",
+        d / "ca.key",
+        d / "superlink.crt",
+        d / "superlink.key",
+        [node_key_path(d, i) for i in range(nodes)],
+    )
+
+
+def stream_run(
+    cmd: list[str], env: dict[str, str], log_path: Path, *, echo: bool, timeout: float
+) -> None:
+    """Run `flwr run --stream`: whole output to the log, our lines to the terminal. A
+    watchdog stops it after `timeout` even when it prints nothing (a stalled round)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        expired = threading.Event()
+
+        def watchdog() -> None:
+            expired.set()
+            stop_process_group(proc, grace=2.0)
+
+        timer = threading.Timer(timeout, watchdog)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if echo and ("fedmtl |" in line or "ERROR" in line):
+                    print(line.rstrip().split("fedmtl | ", 1)[-1], flush=True)
+            proc.wait(timeout=30)
+        finally:
+            timer.cancel()
+            stop_process_group(proc, grace=2.0)
+        if expired.is_set():
+            raise TimeoutError(f"the run did not finish within {timeout:.0f}s; see {log_path}")
+
+
+# --- CLI ---
+
+
+def _deployment(args: argparse.Namespace) -> LocalDeployment:
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir = Path(args.run_dir or STATE / "deploy" / stamp)
+    certs = cert_files(Path(args.certs), args.nodes) if args.certs else None
+    return LocalDeployment(
+        nodes=args.nodes,
+        run_dir=run_dir,
+        certs=certs,
+        insecure=args.insecure,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        echo=not args.quiet,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.run_config)
+    parse_run_config({"num-clients": args.nodes, **overrides})  # fail before any process
+    with _deployment(args) as dep:
+        outcome = dep.submit(overrides, timeout=args.timeout)
+    if outcome.summary:
+        print()
+        print(summary_table(outcome.summary))
+        print(
+            f"\nbytes up {outcome.summary['bytes_up']:,}  down {outcome.summary['bytes_down']:,}"
+            f"  run wall time {outcome.wall_time_s:.1f}s"
+        )
+    print(f"results: {outcome.results_dir}\nlogs: {dep.logs}")
+    if not outcome.ok:
+        err = (outcome.summary or {}).get("error", f"no summary.json; see {outcome.log_path}")
+        print(
+            f"run FAILED (summary: {outcome.status}, flower: {outcome.flower_status}): {err}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell that starts us in the background leaves SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_term)
+    with _deployment(args) as dep:
+        print(
+            f"\nDeployment up. In another shell:\n"
+            f"  export FLWR_HOME={dep.home}\n"
+            f"  flwr run {REPO} {CONNECTION} --stream "
+            f"--run-config 'num-clients={dep.nodes} results-dir=\"{Path.cwd() / 'results'}\"'\n"
+            f"  flwr ls {CONNECTION}; flwr log <run-id> {CONNECTION}\n"
+            f"Ctrl-C stops every process.",
+            flush=True,
+        )
+        try:
+            while all(p.poll() is None for p in dep.procs.values()):
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("\nstopping", flush=True)
+            return 0
+        dead = [n for n, p in dep.procs.items() if p.poll() is not None]
+        print(f"{', '.join(dead)} exited; stopping the rest (logs: {dep.logs})", file=sys.stderr)
+        return 1
+
+
+def _commands(args: argparse.Namespace) -> int:
+    """Print the command lines of a multi-host deployment, from the same builders."""
+    n, certs = args.nodes, (args.certs or "").rstrip("/")
+    tls = None
+    if not args.insecure:
+        tls = ServerTls(f"{certs}/ca.crt", f"{certs}/superlink.crt", f"{certs}/superlink.key")
+    ca = None if tls is None else tls.ca_cert
+    superlink = superlink_args(host="0.0.0.0", port=args.port, tls=tls, database=args.database)
+    print(f"# SuperLink host: Fleet, Control and Runtime APIs on port {args.port}")
+    print(shlex.join(["flower-superlink", *superlink]))
+    if not args.insecure:
+        print("# once, from a machine with the flwr CLI and a connection to the SuperLink:")
+        for i in range(n):
+            pub = f"{certs}/supernode-{i}.pub"
+            print(shlex.join(["flwr", "supernode", "register", pub, "<connection>"]))
+    for i in range(n):
+        node = supernode_args(
+            superlink=f"{args.superlink_host}:{args.port}",
+            node_config=node_config(i, n, state_dir=args.state_dir),
+            port=9094,
+            root_certificates=ca,
+            auth_key=None if args.insecure else f"{certs}/supernode-{i}.key",
+        )
+        print(f"# client host {i}")
+        print(shlex.join(["flower-supernode", *node]))
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, *, certs_help: str) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="SuperNodes (default 3)")
+    security = p.add_mutually_exclusive_group()
+    security.add_argument("--certs", help=certs_help)
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS and no SuperNode authentication (local development only)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "start, run the app once, print the summary, stop everything"),
+        ("up", "start and keep running until Ctrl-C / SIGTERM"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _add_common(
+            p,
+            certs_help="directory written by `python -m deploy.certs` (default: a fresh CA "
+            "in the run dir)",
+        )
+        p.add_argument("--run-dir", help="logs, FLWR_HOMEs, state (default .state/deploy/<time>)")
+        p.add_argument("--state-dir", help="nodes' private state (default <run-dir>/state)")
+        p.add_argument("--quiet", action="store_true")
+        if name == "run":
+            p.add_argument(
+                "-c",
+                "--run-config",
+                action="append",
+                default=[],
+                help="override a run-config key: -c key=value (repeatable)",
+            )
+            p.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
+    p = sub.add_parser("commands", help="print the command lines for a multi-host deployment")
+    _add_common(p, certs_help="the certificate directory as seen on the hosts")
+    p.add_argument("--superlink-host", required=True, help="name or IP the SuperNodes dial")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--database", default="/var/lib/fedmtl/superlink.db")
+    p.add_argument("--state-dir", default="/var/lib/fedmtl/state", help="on the client hosts")
+    args = parser.parse_args(argv)
+    if args.command == "commands":
+        if not args.insecure and not args.certs:
+            parser.error("commands: give --certs DIR (or --insecure)")
+        return _commands(args)
+    try:
+        return _run(args) if args.command == "run" else _up(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Server checkpoints: after every round, the shared arrays, the strategy's own state (e.g.
+FedAdam's moments, FedAvgM's momentum, the task-aware heads), the round and a hash of the run
+config, in one file written atomically with a checksum. The last two are kept, so a corrupt
+or truncated newest file falls back to the previous good one."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from logging import WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.common.logger import log
+
+from common.storage import atomic_write_bytes
+from server.privacy import accountant_of
+
+KEEP = 2
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one from an incompatible run config."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    digest: str
+    arrays: ArrayRecord
+    strategy_state: dict[str, np.ndarray]
+    path: Path
+    accountant: dict | None = None
+
+
+def strategy_state(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """Array- and float-valued attributes of a strategy and of the strategy it wraps,
+    flattened to `attr::kind::key` names: ArrayRecords, dicts and lists of arrays, floats."""
+    out: dict[str, np.ndarray] = {}
+    for attr, value in vars(obj).items():
+        name = prefix + attr
+        if isinstance(value, ArrayRecord):
+            out |= {f"{name}::record::{k}": np.asarray(v.numpy()) for k, v in value.items()}
+            out[f"{name}::record"] = np.zeros(0)  # marks an ArrayRecord, even an empty one
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, np.ndarray) for v in value.values())
+        ):
+            out |= {f"{name}::dict::{k}": v for k, v in value.items()}
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+            out |= {f"{name}::list::{i:06d}": v for i, v in enumerate(value)}
+        elif isinstance(value, float):  # e.g. an adaptive clipping norm
+            out[f"{name}::scalar"] = np.asarray(value)
+        elif attr in ("inner", "strategy") and hasattr(value, "aggregate_train"):
+            out |= strategy_state(value, prefix=f"{name}.")
+    return out
+
+
+def restore_strategy(strategy: Any, ckpt: Checkpoint) -> None:
+    """Arrays state and, under central DP, the accountant's history."""
+    restore_strategy_state(strategy, ckpt.strategy_state)
+    if ckpt.accountant is not None and accountant_of(strategy) is not None:
+        accountant_of(strategy).load_state_dict(ckpt.accountant)
+
+
+def restore_strategy_state(obj: Any, state: dict[str, np.ndarray]) -> None:
+    """Inverse of `strategy_state`."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for name, value in state.items():
+        path, kind, *key = name.split("::", 2)
+        grouped.setdefault(path, {"kind": kind, "items": {}})
+        if key:
+            grouped[path]["items"][key[0]] = value
+    for path, entry in grouped.items():
+        *owners, attr = path.split(".")
+        target = obj
+        for owner in owners:
+            target = getattr(target, owner)
+        items = entry["items"]
+        if entry["kind"] == "scalar":
+            value: Any = float(state[f"{path}::scalar"])
+        elif entry["kind"] == "record":
+            value = ArrayRecord({k: Array(v) for k, v in items.items()})
+        elif entry["kind"] == "dict":
+            value = dict(items)
+        else:
+            value = [items[k] for k in sorted(items)]
+        setattr(target, attr, value)
+
+
+def save_checkpoint(
+    directory: Path, rnd: int, digest: str, arrays: ArrayRecord, strategy: Any
+) -> Path:
+    payload = {f"shared::{k}": np.asarray(v.numpy()) for k, v in arrays.items()}
+    payload |= {f"strategy::{k}": v for k, v in strategy_state(strategy).items()}
+    meta = {
+        "round": rnd,
+        "digest": digest,
+        "shared_keys": list(arrays.keys()),
+        "sha256": _checksum(payload),
+    }
+    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    path = Path(directory) / f"checkpoint-{rnd:05d}.npz"
+    atomic_write_bytes(path, buf.getvalue())
+    for old in sorted(Path(directory).glob("checkpoint-*.npz"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(directory: Path, digest: str) -> Checkpoint | None:
+    """The newest checkpoint that reads back whole; None when there is none at all.
+
+    Refuses (CheckpointError) a checkpoint written under a different run config."""
+    candidates = sorted(Path(directory).glob("checkpoint-*.npz"), reverse=True)
+    for path in candidates:
+        try:
+            ckpt = _read(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log(
+                WARNING,
+                "fedmtl | checkpoint %s is unreadable (%s); trying the previous one",
+                path,
+                err,
+            )
+            continue
+        if ckpt.digest != digest:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a run with a different config (hash "
+                f"{ckpt.digest}, this run {digest}); resume with the same config, or start a "
+                "new run (resume = false or another run-name)"
+            )
+        return ckpt
+    if candidates:
+        raise CheckpointError(
+            f"no readable checkpoint in {directory}: all {len(candidates)} are corrupt"
+        )
+    return None
+
+
+def _read(path: Path) -> Checkpoint:
+    with np.load(path, allow_pickle=False) as data:
+        payload = {k: data[k] for k in data.files}
+    meta = json.loads(payload.pop("__meta__").tobytes().decode())
+    if _checksum(payload) != meta["sha256"]:
+        raise ValueError("checksum mismatch")
+    arrays = ArrayRecord({k: Array(payload[f"shared::{k}"]) for k in meta["shared_keys"]})
+    state = {k[len("strategy::") :]: v for k, v in payload.items() if k.startswith("strategy::")}
+    return Checkpoint(meta["round"], meta["digest"], arrays, state, path, meta.get("accountant"))
+
+
+def _checksum(payload: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(payload):
+        h.update(key.encode())
+        h.update(str(payload[key].dtype).encode() + str(payload[key].shape).encode())
+        h.update(np.ascontiguousarray(payload[key]).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,66 @@
+"""Update compression: round trips within its stated bound; the bytes the server measures
+are the bytes of the arrays actually in the messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from common.compression import compress, decompress, decompress_reply
+from tests.conftest import simulate
+
+finite = st.floats(-50, 50, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, st.integers(1, 40), elements=finite),
+    arrays(np.float32, st.integers(1, 40), elements=finite),
+)
+def test_int8_and_fp16_round_trip_within_their_bounds(a: np.ndarray, b: np.ndarray) -> None:
+    n = min(len(a), len(b))
+    sent = ArrayRecord({"w": Array(a[:n])})
+    new = ArrayRecord({"w": Array(b[:n])})
+    delta = b[:n].astype(np.float64) - a[:n]
+    for method in ("int8", "fp16"):
+        packed, info = compress(new, sent, method)
+        back = decompress(packed, info, sent)["w"].numpy()
+        assert back.dtype == np.float32
+        err = np.abs(back.astype(np.float64) - b[:n])
+        if method == "int8":
+            assert packed["w"].numpy().dtype == np.int8
+            bound = np.abs(delta).max() / 254 + 1e-4 * (1 + np.abs(b[:n]).max())
+        else:
+            assert packed["w"].numpy().dtype == np.float16
+            bound = np.abs(delta).max() * 2**-10 + 1e-4 * (1 + np.abs(b[:n]).max())
+        assert err.max() <= bound
+
+
+def test_unreadable_compressed_update_is_reported() -> None:
+    sent = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+    packed, info = compress(ArrayRecord({"w": Array(np.ones(3, np.float32))}), sent, "int8")
+    content = RecordDict({"arrays": packed, "compression": info})
+    assert decompress_reply(content, ArrayRecord({"v": Array(np.zeros(3, np.float32))}))
+    content = RecordDict({"arrays": packed, "compression": info})
+    assert decompress_reply(content, sent) is None
+    assert np.allclose(content["arrays"]["w"].numpy(), 1.0, atol=1 / 254)
+
+
+@pytest.mark.slow
+def test_measured_bytes_are_the_arrays_in_the_messages(tmp_path) -> None:
+    plain = simulate(tmp_path / "plain", **{"num-server-rounds": 1})
+    packed = simulate(tmp_path / "int8", **{"num-server-rounds": 1, "compression": "int8"})
+    shared = np.load(plain.results_dir / "shared_arrays.npz")
+    params = sum(shared[k].size for k in shared.files)
+    row = json.loads((plain.results_dir / "metrics.jsonl").read_text().splitlines()[0])
+    row8 = json.loads((packed.results_dir / "metrics.jsonl").read_text().splitlines()[0])
+    clients = row["clients"]
+    assert row["bytes_up"] == clients * params * 4  # float32 encoder from each client
+    assert row8["bytes_up"] == clients * params * 1  # int8 update from each client
+    assert row["bytes_down"] == row8["bytes_down"] == 2 * clients * params * 4  # train + eval

@@ -1,0 +1,77 @@
+"""Fault tolerance on a real loopback deployment: a SuperNode killed mid-run does not fail
+the run; restarted, it rejoins and continues with the heads it kept in its state dir."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.local import LocalDeployment, stop_tree
+from experiments.launch import Outcome
+
+pytestmark = pytest.mark.slow
+
+RUN = {
+    "num-server-rounds": 4,
+    "samples-per-client": 120,
+    "local-epochs": 1,
+    "hidden": 32,
+    "min-nodes": 2,
+    "round-timeout": 60.0,
+    "audit-received": True,
+    "run-name": "faults",
+}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"condition not reached within {timeout:.0f}s")
+
+
+@pytest.mark.timeout(420)
+def test_killed_supernode_does_not_fail_the_run_and_rejoins_with_its_heads(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    metrics = results / "faults" / "metrics.jsonl"
+    with LocalDeployment(nodes=3, run_dir=tmp_path / "dep", insecure=True, echo=False) as dep:
+        outcome: list[Outcome] = []
+        runner = threading.Thread(
+            target=lambda: outcome.append(dep.submit({**RUN, "results-dir": str(results)}, 360))
+        )
+        runner.start()
+        _wait_for(lambda: len(_rows(metrics)) >= 1, 180)
+        stop_tree(dep.procs["supernode-2"])  # dies between rounds 1 and 2 (or during 2)
+        _wait_for(lambda: any(r["clients"] == 2 for r in _rows(metrics)), 240)
+        dep.start_supernode(2, key=None)  # same partition, same state dir
+        runner.join(400)
+    assert outcome and outcome[0].ok, outcome and outcome[0].log_path.read_text()[-3000:]
+    rows = _rows(metrics)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    short = [r for r in rows if r["clients"] == 2]
+    assert short and all(r["failures"] >= 1 for r in short)
+    assert rows[-1]["clients"] == 3, "the restarted node did not rejoin"
+    # From the server's side: client 2's first round after the restart starts from the
+    # private state it ended its last round before the kill with (restored from disk).
+    audit = [
+        json.loads(x) for x in (results / "faults" / "received.jsonl").read_text().splitlines()
+    ]
+    mine = sorted(
+        (e["round"], e["config"]["task-metrics"])
+        for e in audit
+        if e["phase"] == "train" and e["client"] == "2"
+    )
+    rounds = [r for r, _ in mine]
+    gap = next(i for i in range(1, len(rounds)) if rounds[i] > rounds[i - 1] + 1)
+    before, after = mine[gap - 1][1], mine[gap][1]
+    assert after["private-at-start"] == before["private-at-end"]

@@ -1,0 +1,147 @@
+"""DP-SGD: ε is Opacus's, cumulative over rounds, survives a restart, and the budget holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from client.dp import PrivacyBudgetExhausted, dp_round, epsilon, noise_multiplier
+from client.train import build_model, build_weighting
+from common.config import ConfigError, parse_run_config
+from common.federation import load_client_data
+from tests.conftest import TINY, simulate
+
+
+def _client(**overrides):
+    cfg = parse_run_config(
+        {
+            "privacy": "dp-sgd",
+            "samples-per-client": 150,
+            "local-epochs": 1,
+            "dp-noise-multiplier": 1.1,
+            "dp-epsilon": 50.0,
+            **overrides,
+        }
+    )
+    data = load_client_data(cfg, 0, 6)
+    model = build_model(cfg, data.tasks, data.input_shape)
+    return cfg, data, model, build_weighting(cfg, data.task_names, data.task_names)
+
+
+def test_epsilon_is_cumulative_and_equals_opacus_accountant() -> None:
+    cfg, data, model, weighting = _client()
+    history, eps = [], []
+    reference = RDPAccountant()
+    for rnd in (1, 2, 3):
+        before = [p.detach().clone() for p in model.parameters()]
+        _, history, e = dp_round(model, data, weighting, cfg, rnd, history)
+        eps.append(e)
+        sigma, q, steps = history[-1]
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=q)
+        assert e == pytest.approx(reference.get_epsilon(cfg.dp_delta), rel=1e-9)
+        assert any(not p.detach().equal(b) for p, b in zip(model.parameters(), before, strict=True))
+    assert eps[0] < eps[1] < eps[2]
+    assert not any(
+        hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters()
+    )
+
+
+def test_heads_are_trained_under_dp_too() -> None:
+    cfg, data, model, weighting = _client()
+    head = [p.detach().clone() for p in model.heads.parameters()]
+    dp_round(model, data, weighting, cfg, 1, [])
+    assert any(not p.detach().equal(h) for p, h in zip(model.heads.parameters(), head, strict=True))
+
+
+def test_round_past_the_budget_is_refused() -> None:
+    cfg, data, model, weighting = _client(**{"dp-epsilon": 1.0, "dp-noise-multiplier": 0.8})
+    with pytest.raises(PrivacyBudgetExhausted, match=r"past its budget dp-epsilon = 1.0"):
+        history = []
+        for rnd in range(1, 50):
+            _, history, _ = dp_round(model, data, weighting, cfg, rnd, history)
+    assert epsilon(history, cfg.dp_delta) <= 1.0
+
+
+def test_noise_from_budget_spends_about_the_budget() -> None:
+    cfg, data, *_ = _client(**{"dp-noise-multiplier": 0.0, "dp-epsilon": 3.0})
+    sigma = noise_multiplier(cfg, len(data.train))
+    q = cfg.batch_size / len(data.train)
+    steps = cfg.num_server_rounds * cfg.local_epochs * -(-len(data.train) // cfg.batch_size)
+    assert epsilon([(sigma, q, steps)], cfg.dp_delta) == pytest.approx(3.0, rel=0.02)
+
+
+@pytest.mark.parametrize("weighting", ["pcgrad", "mgda", "cagrad", "gradnorm", "uw", "nash"])
+def test_multi_backward_weightings_are_refused_under_dp(weighting: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'{weighting}' cannot run under privacy 'dp-sgd'.*ew"):
+        parse_run_config({"privacy": "dp-sgd", "weighting": weighting})
+
+
+@pytest.mark.slow
+def test_epsilon_survives_a_client_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    common = {
+        "privacy": "dp-sgd",
+        "dp-noise-multiplier": 1.0,
+        "dp-epsilon": 100.0,
+        "state-dir": str(state),
+        "run-name": "dp",
+    }
+    first = simulate(tmp_path, **{**common, "num-server-rounds": 2})
+    rows = [json.loads(x) for x in (first.results_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]["dp_epsilon"]) == {"0", "1", "2"}
+    for c in rows[0]["dp_epsilon"]:
+        assert rows[0]["dp_epsilon"][c] < rows[1]["dp_epsilon"][c]
+    # A new run (fresh processes, empty context.state) resumes from the state dir.
+    second = simulate(tmp_path, **{**common, "num-server-rounds": 3, "resume": True})
+    rows2 = [json.loads(x) for x in (second.results_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows2] == [1, 2, 3]
+    for c, eps3 in rows2[2]["dp_epsilon"].items():
+        meta = json.loads((state / "default" / f"client-{c}" / "meta.json").read_text())
+        assert len(meta["dp_history"]) == 3
+        assert eps3 == pytest.approx(epsilon(meta["dp_history"], 1e-5), rel=1e-9)
+        assert eps3 > rows[1]["dp_epsilon"][c]
+    assert TINY["num-clients"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clipping", ["fixed-server", "adaptive-client"])
+def test_central_dp_reports_cumulative_client_level_epsilon(tmp_path: Path, clipping: str) -> None:
+    from opacus.accountants import RDPAccountant as Reference
+
+    outcome = simulate(
+        tmp_path,
+        **{
+            "privacy": "central-dp",
+            "cdp-clipping": clipping,
+            "cdp-noise-multiplier": 2.0,
+            "dp-epsilon": 50.0,
+        },
+    )
+    rows = [json.loads(x) for x in (outcome.results_dir / "metrics.jsonl").read_text().splitlines()]
+    eps = [r["central_dp"]["epsilon"] for r in rows]
+    assert eps[0] < eps[1]
+    if clipping == "fixed-server":  # all 3 clients each round, no amplification: q = 1
+        ref = Reference()
+        ref.history = [(2.0, 1.0, 2)]
+        assert eps[1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
+    else:
+        assert rows[1]["central_dp"]["clipping_norm"] != rows[0]["central_dp"]["clipping_norm"]
+
+
+def test_central_dp_refuses_settings_that_break_its_accounting() -> None:
+    with pytest.raises(ConfigError, match="accounts ε only for FedAvg"):
+        parse_run_config({"privacy": "central-dp", "strategy": "fedmedian"})
+    with pytest.raises(ConfigError, match="heads, which would travel without noise"):
+        parse_run_config({"privacy": "central-dp", "algorithm": "fedavg"})
+
+
+@pytest.mark.slow
+def test_local_dp_runs_through_flowers_mod(tmp_path: Path) -> None:
+    outcome = simulate(tmp_path, **{"privacy": "local-dp", "ldp-epsilon": 5.0})
+    log = outcome.log_path.read_text()
+    assert "LocalDpMod: parameters are clipped" in log
+    assert outcome.summary["status"] == "completed"
