@@ -150,7 +150,8 @@ def open_session(
     if paths:
         cfg = dataclasses.replace(cfg, **paths)
     client_id, partition_id, num_partitions = client_identity(context)
-    data = load_client_data(cfg, partition_id, num_partitions, client_id)
+    tasks = str(node.get("tasks", ""))  # a node's own task set (deployment), else the plan
+    data = load_client_data(cfg, partition_id, num_partitions, client_id, tasks)
     if cfg.attack == "label-flip" and is_attacker(client_id, cfg.attack, cfg.attackers):
         data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)

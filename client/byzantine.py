@@ -9,20 +9,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from common.config import CHOICES
 from common.federation import ClientData, Split
 
-ATTACKS = (
-    "none",
-    "sign-flip",
-    "scale",
-    "noise",
-    "label-flip",
-    "nan",
-    "malformed-keys",
-    "malformed-shape",
-    "malformed-dtype",
-    "mixed",
-)
+ATTACKS = CHOICES["attack"]
 # `mixed`: attacker i sends the i-th (mod 5) kind of bad update, to exercise every check.
 MIXED = ("nan", "malformed-keys", "malformed-shape", "malformed-dtype", "scale")
 

@@ -222,41 +222,27 @@ def local_round(
     anchor = {f"encoder.{k}": v for k, v in received.items()}
     hook = proximal_hook(model, anchor, proximal_mu) if proximal_mu > 0 else None
     extra = list(weighting.parameters())
-    if algorithm.schedule == "fedrep":
-        train_heads(model, data, cfg, cfg.fedrep_head_epochs, gen)
-        with frozen(model.heads, model.gates):
-            return train_epochs(
-                model,
-                data.train,
-                weighting,
-                cfg,
-                epochs=cfg.fedrep_body_epochs,
-                generator=gen,
-                grad_hook=hook,
-                extra_params=extra,
-            )
-    if algorithm.schedule == "fedrod":
+
+    def run(epochs: int, loss_fn: LossFn = task_losses) -> TrainStats:
         return train_epochs(
             model,
             data.train,
             weighting,
             cfg,
-            epochs=cfg.local_epochs,
+            epochs=epochs,
             generator=gen,
-            loss_fn=fedrod_losses,
+            loss_fn=loss_fn,
             grad_hook=hook,
             extra_params=extra,
         )
-    stats = train_epochs(
-        model,
-        data.train,
-        weighting,
-        cfg,
-        epochs=cfg.local_epochs,
-        generator=gen,
-        grad_hook=hook,
-        extra_params=extra,
-    )
+
+    if algorithm.schedule == "fedrep":
+        train_heads(model, data, cfg, cfg.fedrep_head_epochs, gen)
+        with frozen(model.heads, model.gates):
+            return run(cfg.fedrep_body_epochs)
+    if algorithm.schedule == "fedrod":
+        return run(cfg.local_epochs, fedrod_losses)
+    stats = run(cfg.local_epochs)
     if algorithm.schedule == "ditto":
         if personal is None:
             raise ValueError("ditto needs the client's personal model")

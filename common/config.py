@@ -148,6 +148,9 @@ class RunConfig:
     dp_max_grad_norm: float = _key(1.0, low=0.0, low_open=True, doc="per-example clipping C")
     cdp_clipping: str = _key("fixed-server", doc="central-dp: Flower wrapper")
     cdp_noise_multiplier: float = _key(1.0, low=0.0, low_open=True, doc="central-dp: σ")
+    cdp_clipped_count_stddev: float = _key(
+        0.0, low=0.0, doc="adaptive clipping: σ_b of the clipped-count query; 0: Flower's n/20"
+    )
     clipping_norm: float = _key(1.0, low=0.0, low_open=True, doc="update clipping (central/local)")
     ldp_epsilon: float = _key(10.0, low=0.0, low_open=True, doc="local-dp: ε of each release")
     max_update_ratio: float = _key(
@@ -284,6 +287,15 @@ def check_privacy_fits(cfg: RunConfig) -> None:
                 f"privacy '{cfg.privacy}' clips and noises the encoder update only; algorithm "
                 f"'{cfg.algorithm}' also sends heads, which would travel without noise; use "
                 "fedper, fedrep, ditto or local (or privacy 'dp-sgd')"
+            )
+        adaptive = cfg.privacy == "central-dp" and cfg.cdp_clipping.startswith("adaptive")
+        stddev = cfg.cdp_clipped_count_stddev or sampled_per_round(cfg, cfg.num_clients) / 20
+        if adaptive and cfg.cdp_noise_multiplier >= 2 * stddev:
+            raise ConfigError(
+                f"cdp-clipping '{cfg.cdp_clipping}' splits cdp-noise-multiplier = "
+                f"{cfg.cdp_noise_multiplier} between the update and the clipped-count query, "
+                f"which needs cdp-clipped-count-stddev > {cfg.cdp_noise_multiplier / 2:g} "
+                f"(it is {stddev:g}); raise it or lower cdp-noise-multiplier"
             )
         fixed = cfg.privacy == "central-dp" and cfg.cdp_clipping.startswith("fixed")
         if fixed and cfg.strategy != "fedavg":

@@ -52,21 +52,22 @@ class ClientData:
         return [t.name for t in self.tasks]
 
 
-def parse_plan(plan: str, task_names: list[str], num_clients: int) -> list[list[str]]:
+def parse_plan(
+    plan: str, task_names: list[str], num_clients: int, source: str = "run config 'plan'"
+) -> list[list[str]]:
     """Task set of every client from a plan string 'a,b;c;...' (client i gets entry i mod n)."""
     entries = [[t.strip() for t in part.split(",") if t.strip()] for part in plan.split(";")]
     entries = [e for e in entries if e]
     if not entries:
-        raise ConfigError("run config 'plan' names no tasks")
+        raise ConfigError(f"{source} names no tasks")
     for i, entry in enumerate(entries):
         unknown = [t for t in entry if t not in task_names]
         if unknown:
             raise ConfigError(
-                f"run config 'plan' entry {i} names unknown tasks {unknown}; "
-                f"valid tasks: {task_names}"
+                f"{source} entry {i} names unknown tasks {unknown}; valid tasks: {task_names}"
             )
         if len(set(entry)) != len(entry):
-            raise ConfigError(f"run config 'plan' entry {i} repeats a task: {entry}")
+            raise ConfigError(f"{source} entry {i} repeats a task: {entry}")
     return [entries[i % len(entries)] for i in range(num_clients)]
 
 
@@ -132,11 +133,16 @@ def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, 
 
 @lru_cache(maxsize=64)
 def load_client_data(
-    cfg: RunConfig, partition_id: int, num_partitions: int, client_id: int | None = None
+    cfg: RunConfig,
+    partition_id: int,
+    num_partitions: int,
+    client_id: int | None = None,
+    tasks: str = "",
 ) -> ClientData:
     """The data and tasks of one client (cached per process). `client_id` (default: the
-    partition id) picks the task set and seeds the split; in a deployment where each node's
-    file is all its data, every node loads partition 0 of 1 under its own client id."""
+    partition id) picks the task set from the plan and seeds the split; in a deployment where
+    each node's file is all its data, every node loads partition 0 of 1 under its own client
+    id. `tasks` ('a,b', a node's own task set) overrides the plan."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     client_id = partition_id if client_id is None else client_id
@@ -144,7 +150,10 @@ def load_client_data(
     idx = partition_indices(cfg, num_partitions)[partition_id]
     if len(idx) == 0:
         raise ConfigError(f"client {client_id}: its partition of '{cfg.dataset}' is empty")
-    names = client_tasks(cfg, pool.task_names, client_id, max(num_partitions, client_id + 1))
+    if tasks:
+        names = parse_plan(tasks, pool.task_names, 1, source="node config 'tasks'")[0]
+    else:
+        names = client_tasks(cfg, pool.task_names, client_id, max(num_partitions, client_id + 1))
     tasks = tuple(t for t in pool.tasks if t.name in names)
     train_idx, val_idx, test_idx = split_indices(pool, idx, cfg.seed + client_id)
     return ClientData(

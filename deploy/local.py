@@ -44,8 +44,8 @@ from experiments.launch import (
     flower_env,
     free_port,
     parse_overrides,
+    report_outcome,
     stop_process_group,
-    summary_table,
     toml_value,
     wait_healthy,
 )
@@ -151,10 +151,12 @@ def node_config(
     client_id: int | None = None,
     data_file: str | None = None,
     schema_file: str | None = None,
+    tasks: str | None = None,
 ) -> str:
     """The `--node-config` string the ClientApp reads (client/app.py): partition-id,
-    num-partitions, and optionally client-id, state-dir, and a node's own data-file /
-    schema-file (dataset `user`; they take precedence over the run config's)."""
+    num-partitions, and optionally client-id, state-dir, the node's own task set ('a,b'),
+    and a node's own data-file / schema-file (dataset `user`; they take precedence over the
+    run config's)."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     parts = [f"partition-id={partition_id}", f"num-partitions={num_partitions}"]
@@ -164,6 +166,7 @@ def node_config(
         ("state-dir", state_dir),
         ("data-file", data_file),
         ("schema-file", schema_file),
+        ("tasks", tasks),
     ):
         if path:
             # Flower splits the string on spaces outside double quotes and reads each value
@@ -586,22 +589,7 @@ def _run(args: argparse.Namespace) -> int:
     parse_run_config({"num-clients": args.nodes, **overrides})  # fail before any process
     with _deployment(args) as dep:
         outcome = dep.submit(overrides, timeout=args.timeout)
-    if outcome.summary:
-        print()
-        print(summary_table(outcome.summary))
-        print(
-            f"\nbytes up {outcome.summary['bytes_up']:,}  down {outcome.summary['bytes_down']:,}"
-            f"  run wall time {outcome.wall_time_s:.1f}s"
-        )
-    print(f"results: {outcome.results_dir}\nlogs: {dep.logs}")
-    if not outcome.ok:
-        err = (outcome.summary or {}).get("error", f"no summary.json; see {outcome.log_path}")
-        print(
-            f"run FAILED (summary: {outcome.status}, flower: {outcome.flower_status}): {err}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report_outcome(outcome, f"\nlogs: {dep.logs}")
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -360,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg.num_server_rounds} rounds, algorithm {cfg.algorithm}, weighting {cfg.weighting}"
     )
     outcome = run_simulation(overrides, cpus_per_client=args.cpus_per_client, echo=not args.quiet)
+    return report_outcome(outcome)
+
+
+def report_outcome(outcome: Outcome, where: str = "") -> int:
+    """Print the summary table, totals and where the results are; 1 when the run failed."""
     if outcome.summary:
         print()
         print(summary_table(outcome.summary))
@@ -367,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\nbytes up {outcome.summary['bytes_up']:,}  down {outcome.summary['bytes_down']:,}  "
             f"wall time {outcome.wall_time_s:.1f}s"
         )
-    print(f"results: {outcome.results_dir}")
+    print(f"results: {outcome.results_dir}{where}")
     if not outcome.ok:
         err = (outcome.summary or {}).get("error", f"no summary.json; see {outcome.log_path}")
         print(

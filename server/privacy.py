@@ -5,8 +5,8 @@ on what makes the accounting valid: FedAvg's aggregation, equal client weights (
 report `num-examples = 1` under central DP) and exactly the configured number of sampled
 clients per round. Sampling is accounted without amplification (conservative: Flower samples
 a fixed-size subset, not Poisson). Adaptive clipping wrappers have no accountant of their own;
-the same RDP accountant is composed here with the noise multiplier the wrapper really uses
-(after it sets aside noise for the clipped-count query).
+the same RDP accountant is composed here with the configured σ, which the wrapper splits
+between the update sum and the clipped-count query.
 """
 
 from __future__ import annotations
@@ -68,14 +68,18 @@ def wrap_central_dp(strategy: Strategy, cfg: RunConfig, population: int) -> Stra
         noise_multiplier=cfg.cdp_noise_multiplier,
         num_sampled_clients=sampled,
         initial_clipping_norm=cfg.clipping_norm,
+        clipped_count_stddev=cfg.cdp_clipped_count_stddev or None,
     )
     wrapper.fedmtl_accountant = make_accountant(cfg, population)
+    # The wrapper splits σ between the update sum and the clipped-count query (Andrew et al.
+    # 2021); together they are one Gaussian mechanism with the configured σ: account that.
+    wrapper.fedmtl_sigma = cfg.cdp_noise_multiplier
     return wrapper
 
 
 def _adaptive_event(strategy: Any) -> GaussianPrivacyEvent:
     return GaussianPrivacyEvent(
-        noise_multiplier=strategy.noise_multiplier,
+        noise_multiplier=getattr(strategy, "fedmtl_sigma", strategy.noise_multiplier),
         sample_size=strategy.num_sampled_clients,
         population_size=strategy.fedmtl_accountant.config.population_size,
     )

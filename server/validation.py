@@ -90,8 +90,7 @@ def validate_train_replies(
     known_heads: ArrayRecord | None = None,
     max_update_ratio: float = 0.0,
 ) -> tuple[list[Message], list[Rejection]]:
-    """Usable training replies (sorted by client, so the same seed sums in the same order)
-    and the rejections."""
+    """Usable training replies (sorted by client) and the rejections."""
     good: list[Message] = []
     rejected: list[Rejection] = []
     for msg in replies:
@@ -121,17 +120,7 @@ def validate_train_replies(
             else:
                 kept.append(msg)
         good = kept
-    for r in rejected:
-        log(
-            WARNING,
-            "fedmtl | round %d: rejected node %d (client %s): %s",
-            server_round,
-            r.node,
-            r.client,
-            r.reason,
-        )
-    good.sort(key=lambda m: client_of(m).zfill(12))
-    return good, rejected
+    return _finish(server_round, "training update", good, rejected)
 
 
 def validate_evaluate_replies(
@@ -150,11 +139,19 @@ def validate_evaluate_replies(
             good.append(msg)
             continue
         rejected.append(Rejection(msg.metadata.src_node_id, client_of(msg), reason))
+    return _finish(server_round, "evaluation", good, rejected)
+
+
+def _finish(
+    server_round: int, what: str, good: list[Message], rejected: list[Rejection]
+) -> tuple[list[Message], list[Rejection]]:
+    """Log the rejections; sort the rest by client so the same seed sums in the same order."""
     for r in rejected:
         log(
             WARNING,
-            "fedmtl | round %d: evaluation from node %d (client %s) dropped: %s",
+            "fedmtl | round %d: %s from node %d (client %s) rejected: %s",
             server_round,
+            what,
             r.node,
             r.client,
             r.reason,

@@ -118,21 +118,31 @@ def test_central_dp_reports_cumulative_client_level_epsilon(tmp_path: Path, clip
             "privacy": "central-dp",
             "cdp-clipping": clipping,
             "cdp-noise-multiplier": 2.0,
+            "cdp-clipped-count-stddev": 5.0,
             "dp-epsilon": 50.0,
         },
     )
     rows = [json.loads(x) for x in (outcome.results_dir / "metrics.jsonl").read_text().splitlines()]
     eps = [r["central_dp"]["epsilon"] for r in rows]
     assert eps[0] < eps[1]
-    if clipping == "fixed-server":  # all 3 clients each round, no amplification: q = 1
-        ref = Reference()
-        ref.history = [(2.0, 1.0, 2)]
-        assert eps[1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
-    else:
+    # All 3 clients each round, no amplification (q = 1), the configured σ = 2 in both
+    # cases (adaptive clipping splits it between the sum and the clipped-count query).
+    ref = Reference()
+    ref.history = [(2.0, 1.0, 2)]
+    assert eps[1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
+    if clipping != "fixed-server":
         assert rows[1]["central_dp"]["clipping_norm"] != rows[0]["central_dp"]["clipping_norm"]
 
 
 def test_central_dp_refuses_settings_that_break_its_accounting() -> None:
+    with pytest.raises(ConfigError, match="needs cdp-clipped-count-stddev > 1"):
+        parse_run_config(
+            {
+                "privacy": "central-dp",
+                "cdp-clipping": "adaptive-server",
+                "cdp-noise-multiplier": 2.0,
+            }
+        )
     with pytest.raises(ConfigError, match="accounts ε only for FedAvg"):
         parse_run_config({"privacy": "central-dp", "strategy": "fedmedian"})
     with pytest.raises(ConfigError, match="heads, which would travel without noise"):

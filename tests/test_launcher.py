@@ -1,0 +1,37 @@
+"""`make run`'s launcher: a summary table and exit 0 on success, non-zero on a failed run
+(`flwr run` itself exits 0 either way), and nothing left running."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from experiments.launch import main
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _args(tmp_path, **extra) -> list[str]:
+    items = {**TINY, "results-dir": str(tmp_path), **extra}
+    return [a for k, v in items.items() for a in ("-c", f"{k}={v}")]
+
+
+def _superlinks() -> set[str]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if "flower-superlink" in line}
+
+
+def test_successful_run_prints_a_summary_and_exits_zero(tmp_path, capsys) -> None:
+    before = _superlinks()
+    assert main(_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "| task | metric |" in out and "round   2/2" in out and "results:" in out
+    assert _superlinks() <= before, "the launcher left a SuperLink running"
+
+
+def test_failed_run_exits_non_zero_with_the_reason(tmp_path, capsys) -> None:
+    assert main(_args(tmp_path, attack="nan", attackers=3)) == 1
+    err = capsys.readouterr().err
+    assert "run FAILED" in err and "non-finite" in err
