@@ -131,7 +131,9 @@ class RunConfig:
     num_malicious: int = _key(0, low=0, doc="krum/multikrum/bulyan: tolerated attackers")
     krum_select: int = _key(2, low=1, doc="multikrum: updates averaged")
     fraction_train: float = _key(1.0, low=0.0, low_open=True, high=1.0)
-    fraction_evaluate: float = _key(1.0, low=0.0, high=1.0, doc="sampled evaluation per round")
+    fraction_evaluate: float = _key(
+        0.0, low=0.0, high=1.0, doc="sampled evaluation in rounds without a full one; 0: none"
+    )
     min_nodes: int = _key(2, low=1, doc="minimum clients per round")
     eval_every: int = _key(1, low=1, doc="full evaluation of every client every k rounds")
     state_dir: str = _key("", doc="client state dir (simulation); deployment: node config")
@@ -223,6 +225,7 @@ class ConfigError(ValueError):
 
 
 _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunConfig)}
+STRING_KEYS = frozenset(k for k, f in _FIELDS.items() if isinstance(f.default, str))
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from common.config import RunConfig, parse_run_config
+from common.config import STRING_KEYS, RunConfig, parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state"
@@ -321,7 +321,8 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """'key=value' strings (TOML values; bare words are strings) -> dict."""
+    """'key=value' strings -> dict. Values of string keys are taken as written (quotes
+    optional: `attack=nan` is the attack, not a float); others are read as TOML values."""
     import tomllib
 
     out: dict[str, Any] = {}
@@ -330,6 +331,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             if "=" not in pair:
                 raise SystemExit(f"--run-config expects key=value, got '{pair}'")
             key, raw = pair.split("=", 1)
+            if key in STRING_KEYS:
+                quoted = len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "\"'"
+                out[key] = raw[1:-1] if quoted else raw
+                continue
             try:
                 out[key] = tomllib.loads(f"v = {raw}")["v"]
             except tomllib.TOMLDecodeError:

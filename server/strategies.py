@@ -68,7 +68,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,
-        min_evaluate_nodes=min(cfg.min_nodes, 1) if cfg.fraction_evaluate == 0 else cfg.min_nodes,
+        min_evaluate_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
         evaluate_metrics_aggr_fn=aggregate_task_metrics,
     )

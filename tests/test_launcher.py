@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -19,8 +20,14 @@ def _args(tmp_path, **extra) -> list[str]:
 
 
 def _superlinks() -> set[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if "flower-superlink" in line}
+    """SuperLinks started by this test process (others on the machine are not ours)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    me = str(os.getpid())
+    return {
+        line.split()[0]
+        for line in out.splitlines()
+        if "flower-superlink" in line and line.split()[1] == me
+    }
 
 
 def test_successful_run_prints_a_summary_and_exits_zero(tmp_path, capsys) -> None:
