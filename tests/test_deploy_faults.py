@@ -59,7 +59,9 @@ def test_killed_supernode_does_not_fail_the_run_and_rejoins_with_its_heads(tmp_p
     rows = _rows(metrics)
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     short = [r for r in rows if r["clients"] == 2]
-    assert short and all(r["failures"] >= 1 for r in short)
+    # The round the node died in counts its failure; once the SuperLink has dropped the
+    # node, later rounds simply do not sample it.
+    assert short and short[0]["failures"] >= 1
     assert rows[-1]["clients"] == 3, "the restarted node did not rejoin"
     # From the server's side: client 2's first round after the restart starts from the
     # private state it ended its last round before the kill with (restored from disk).
