@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -123,14 +124,32 @@ class ClientSession:
 def client_identity(context: Context) -> tuple[int, int, int]:
     """(client id, partition id, number of partitions) from the node config."""
     node = context.node_config
-    try:
-        partition = int(node["partition-id"])
-        return int(node.get("client-id", partition)), partition, int(node["num-partitions"])
-    except KeyError as err:
+    for key in ("partition-id", "num-partitions"):
+        if key not in node:
+            raise ConfigError(
+                f"node config lacks '{key}'; start the node with "
+                "--node-config 'partition-id=<i> num-partitions=<n>'"
+            )
+    partition = _node_int(node, "partition-id", 0)
+    count = _node_int(node, "num-partitions", 1)
+    client = _node_int(node, "client-id", 0) if "client-id" in node else partition
+    if partition >= count:
         raise ConfigError(
-            f"node config lacks {err}; start the node with "
-            "--node-config 'partition-id=<i> num-partitions=<n>'"
-        ) from None
+            f"node config 'partition-id' = {partition} is outside 0..{count - 1} "
+            f"('num-partitions' = {count})"
+        )
+    return client, partition, count
+
+
+def _node_int(node: Any, key: str, low: int) -> int:
+    value = node[key]
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+    ):
+        raise ConfigError(f"node config '{key}' must be an integer >= {low}, got {value!r}")
+    if int(value) < low:
+        raise ConfigError(f"node config '{key}' must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def open_session(

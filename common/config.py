@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -368,6 +369,8 @@ def _check_value(key: str, value: Any, kind: type, meta: Mapping[str, Any]) -> A
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"run config '{key}' must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"run config '{key}' must be a finite number, got {value}")
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"run config '{key}' must be a string, got {value!r}")

@@ -87,6 +87,11 @@ def cached_pool(cfg: RunConfig, num_partitions: int) -> Pool:
 def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Example indices of every partition, from Flower Datasets' partitioners."""
     pool = cached_pool(cfg, num_partitions)
+    if len(pool) < num_partitions:
+        raise ConfigError(
+            f"dataset '{cfg.dataset}' has {len(pool)} examples, fewer than the {num_partitions} "
+            "clients (num-clients / num-partitions); every client needs at least one"
+        )
     if num_partitions == 1:  # a node whose data file is all its own data
         return (np.arange(len(pool)),)
     if cfg.partitioner == "natural":

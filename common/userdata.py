@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,7 +377,7 @@ def _read_npz(path: Path, schema: UserSchema) -> _Columns:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise UserDataError(f"{file} is not a readable NPZ archive ({err})") from None
     first = schema.input_array or schema.inputs[0]
     if first not in arrays:

@@ -245,7 +245,7 @@ def test_tls_deployment_with_node_auth_runs_rounds(
     assert [r["round"] for r in rows] == [1, 2] and all(r["clients"] == 3 for r in rows)
     # Each SuperNode trained its own partition and kept its state in its own state dir.
     for i in range(3):
-        assert list((deployment.state_dir / f"supernode-{i}").rglob("private.npz"))
+        assert list((deployment.state_dir / f"supernode-{i}").rglob("state.npz"))
     print("seconds per round (TLS deployment, 3 SuperNodes):", [r["seconds"] for r in rows])
 
 

@@ -9,6 +9,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from client.dp import PrivacyBudgetExhausted, dp_round, epsilon, noise_multiplier
+from client.state import read_state_files
 from client.train import build_model, build_weighting
 from common.config import ConfigError, parse_run_config
 from common.federation import load_client_data
@@ -100,7 +101,7 @@ def test_epsilon_survives_a_client_restart(tmp_path: Path) -> None:
     rows2 = [json.loads(x) for x in (second.results_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows2] == [1, 2, 3]
     for c, eps3 in rows2[2]["dp_epsilon"].items():
-        meta = json.loads((state / "default" / f"client-{c}" / "meta.json").read_text())
+        _, meta = read_state_files(state / "default" / f"client-{c}")
         assert len(meta["dp_history"]) == 3
         assert eps3 == pytest.approx(epsilon(meta["dp_history"], 1e-5), rel=1e-9)
         assert eps3 > rows[1]["dp_epsilon"][c]

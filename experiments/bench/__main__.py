@@ -1,0 +1,84 @@
+"""`python -m experiments.bench`: run the benchmark sections, save each one's measurements
+(results/bench/<section>.json), and rewrite docs/PERFORMANCE.md from all saved sections.
+
+    python -m experiments.bench                      # everything (< 30 min on 2 cores)
+    python -m experiments.bench --only aggregation   # one section; the others come from disk
+    python -m experiments.bench --report-only        # re-render the document
+    python -m experiments.bench --quick --no-doc     # smoke test of the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from experiments.bench.harness import BenchContext, machine_info
+from experiments.bench.report import DOC, ORDER, PLOTS, plot, render
+
+
+def load_saved(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Sections measured earlier (full-size only: quick results never reach the document)."""
+    found = {}
+    for name in ORDER:
+        path = out_dir / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=ORDER, help="sections to run")
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--no-doc", action="store_true", help="do not write docs/")
+    parser.add_argument("--report-only", action="store_true", help="render saved results")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default results/bench")
+    args = parser.parse_args(argv)
+
+    ctx = BenchContext(quick=args.quick)
+    if args.out_dir is not None:
+        ctx.out_dir = args.out_dir
+    elif args.quick:
+        ctx.out_dir = ctx.out_dir.parent / "bench-quick"
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    failed = []
+    if not args.report_only:
+        for name in args.only or ORDER:
+            ctx.log(f"=== section {name} ===")
+            t0 = time.perf_counter()
+            try:
+                module = importlib.import_module(f"experiments.bench.{name}")
+                result = module.run(ctx)
+            except Exception:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            result["measured_at"] = time.strftime("%Y-%m-%d %H:%M")
+            result["load_avg_after"] = machine_info()["load_avg"]
+            (ctx.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+            ctx.log(f"=== section {name} done in {time.perf_counter() - t0:.0f}s ===")
+            for t in result.get("targets", []):
+                ctx.log(
+                    f"target: {t['name']}: {t['measured']:.3g} (limit {t['limit']}) "
+                    f"{'met' if t['met'] else 'NOT met'}"
+                )
+    sections = load_saved(ctx.out_dir)
+    if not args.no_doc and sections:
+        text = render(sections, machine, quick=args.quick)
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(text + "\n")
+        plot(sections, PLOTS)
+        ctx.log(f"wrote {DOC}")
+    ctx.log(f"total {time.perf_counter() - ctx.started:.0f}s; failed sections: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

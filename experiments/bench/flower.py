@@ -1,0 +1,335 @@
+"""Submitting runs to a `SimulationEngine`'s SuperLink with what the benchmark needs beyond
+`SimulationEngine.run`: any `--federation-config` key (Ray backend options, not only the CPUs
+per client), a timestamp on every streamed line (where the time of a run goes), the SuperLink's
+process tree sampled for memory, and stopping a run once the rounds to time are logged (so a
+scale sweep does not pay the final full evaluation of 1000 clients each time)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import parse_run_config
+from experiments.bench.sampling import TreeSampler
+from experiments.launch import (
+    SimulationEngine,
+    _flower_status,
+    stop_process_group,
+    toml_value,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROBE_APP = BENCH_DIR / "probe"
+APP_PACKAGES = ("client", "common", "server")  # all that the ServerApp and ClientApp import
+APP_FILES = ("pyproject.toml", "README.md", ".gitignore")
+
+
+def slim_app(dest: Path, repo: Path | None = None) -> Path:
+    """A copy of the app with only what it runs (`client/`, `common/`, `server/`,
+    pyproject.toml): `flwr run <dir>` walks the whole directory to build the FAB (the
+    repository's .venv, .state and results included), which a slim directory avoids."""
+    from experiments.launch import REPO
+
+    src = repo or REPO
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for package in APP_PACKAGES:
+        shutil.copytree(src / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in APP_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dest / name)
+    return dest
+
+
+ROUND_LINE = re.compile(r"fedmtl \| round\s+(\d+)/(\d+)")
+
+
+@dataclass
+class Submission:
+    """One `flwr run --stream`: its run id, Flower's status, the wall time from submit to
+    the CLI's exit, and (seconds since submit, line) for every line it printed."""
+
+    run_id: str
+    wall_s: float
+    status: str
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    stopped_early: bool = False
+    peak_rss_bytes: int = 0
+    peak_pss_bytes: int = 0
+    memory_samples: int = 0
+
+    def first(self, pattern: str) -> float | None:
+        """Seconds since submit of the first line matching `pattern`."""
+        rx = re.compile(pattern)
+        return next((t for t, line in self.lines if rx.search(line)), None)
+
+    def round_marks(self) -> dict[int, float]:
+        """Round -> seconds since submit when its line was printed."""
+        out: dict[int, float] = {}
+        for t, line in self.lines:
+            if m := ROUND_LINE.search(line):
+                out.setdefault(int(m.group(1)), t)
+        return out
+
+
+def federation_config(num_supernodes: int, cpus_per_client: float, **extra: Any) -> str:
+    """The `--federation-config` string; `extra` keys use Flower's names with '_' or '-'."""
+    items = {
+        "num-supernodes": num_supernodes,
+        "client-resources-num-cpus": cpus_per_client,
+        "client-resources-num-gpus": 0.0,
+        **{k.replace("_", "-"): v for k, v in extra.items()},
+    }
+    return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
+
+
+def submit(
+    engine: SimulationEngine,
+    app_dir: Path,
+    run_config: dict[str, Any],
+    federation: str,
+    log_path: Path,
+    *,
+    timeout: float = 1800.0,
+    stop_when: Callable[[list[tuple[float, str]]], bool] | None = None,
+    sample_memory: bool = False,
+) -> Submission:
+    """Run one app on the engine's SuperLink and wait for it (or for `stop_when`)."""
+    assert engine.superlink is not None, "use inside `with SimulationEngine() as engine`"
+    conf = engine.home / f"bench-run-config-{time.time_ns()}.toml"
+    conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
+    cmd = [
+        "flwr",
+        "run",
+        str(app_dir),
+        "fedmtl-sim",
+        "--stream",
+        "--run-config",
+        str(conf),
+        "--federation-config",
+        federation,
+    ]
+    sampler = TreeSampler(engine.superlink.pid) if sample_memory else None
+    if sampler:
+        sampler.start()
+    try:
+        run_id, wall, lines, stopped = stream_timed(
+            cmd,
+            engine.env,
+            log_path,
+            timeout=timeout,
+            stop_when=stop_when,
+            on_stop=lambda rid: _stop_run(engine, rid),
+        )
+    finally:
+        if sampler:
+            sampler.stop()
+    status = _flower_status(engine.env, run_id)
+    sub = Submission(run_id, wall, status, lines, stopped)
+    if sampler:
+        sub.peak_rss_bytes, sub.peak_pss_bytes = sampler.peak_rss, sampler.peak_pss
+        sub.memory_samples = sampler.samples
+    return sub
+
+
+def stream_timed(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    timeout: float,
+    stop_when: Callable[[list[tuple[float, str]]], bool] | None = None,
+    on_stop: Callable[[str], None] | None = None,
+) -> tuple[str, float, list[tuple[float, str]], bool]:
+    """Run `flwr run --stream`, time-stamp every line (also in the log file), stop it after
+    `timeout` even when it prints nothing, or once `stop_when(lines)` holds (then `on_stop`
+    gets the run id). Returns (run id, wall seconds, lines, stopped early)."""
+    lines: list[tuple[float, str]] = []
+    run_id, stopped = "", False
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    timer = threading.Timer(timeout, stop_process_group, args=(proc,), kwargs={"grace": 2.0})
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        with open(log_path, "w", buffering=1) as log:
+            for line in proc.stdout:
+                now = time.perf_counter() - t0
+                log.write(f"[{now:9.3f}] {line}")
+                lines.append((now, line.rstrip()))
+                if not run_id and (m := re.search(r"(?:started|Created) run (\d+)", line)):
+                    run_id = m.group(1)
+                if stop_when is not None and stop_when(lines):
+                    stopped = True
+                    if on_stop is not None:
+                        on_stop(run_id)
+                    break
+        proc.wait(timeout=60)
+    finally:
+        timer.cancel()
+        stop_process_group(proc, grace=2.0)
+    return run_id, time.perf_counter() - t0, lines, stopped
+
+
+def _stop_run(engine: SimulationEngine, run_id: str) -> None:
+    """`flwr stop`, then wait until the SuperLink no longer reports the run as running: the
+    next measurement must not share the CPUs with a run still training."""
+    if not run_id:
+        return
+    subprocess.run(
+        ["flwr", "stop", run_id, "fedmtl-sim"],
+        env=engine.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _flower_status(engine.env, run_id).startswith("finished"):
+            return
+        time.sleep(0.5)
+
+
+def stop_after_round(rnd: int) -> Callable[[list[tuple[float, str]]], bool]:
+    """A `stop_when` that fires once the line of round `rnd` is printed."""
+
+    def done(lines: list[tuple[float, str]]) -> bool:
+        m = ROUND_LINE.search(lines[-1][1]) if lines else None
+        return bool(m and int(m.group(1)) >= rnd)
+
+    return done
+
+
+@dataclass
+class AppRun:
+    """A run of the fedmtl app: the submission plus what the ServerApp wrote."""
+
+    name: str
+    overrides: dict[str, Any]
+    federation: str
+    sub: Submission
+    results_dir: Path
+    rounds: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        done = self.summary is not None and self.summary.get("status") == "completed"
+        return (done and self.sub.status.startswith("finished:completed")) or (
+            self.sub.stopped_early and bool(self.rounds)
+        )
+
+
+def run_fedmtl(
+    engine: SimulationEngine,
+    overrides: dict[str, Any],
+    results_root: Path,
+    *,
+    cpus_per_client: float = 1,
+    federation_extra: dict[str, Any] | None = None,
+    timeout: float = 1800.0,
+    stop_when: Callable[[list[tuple[float, str]]], bool] | None = None,
+    sample_memory: bool = False,
+    app_dir: Path | None = None,
+) -> AppRun:
+    """`SimulationEngine.run` with any federation option, timestamps and memory sampling;
+    `app_dir` submits another copy of the app (default: the engine's)."""
+    overrides = {**overrides, "results-dir": str(results_root.resolve())}
+    cfg = parse_run_config(overrides)
+    results_dir = results_root.resolve() / cfg.name
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "metrics.jsonl"):
+        (results_dir / stale).unlink(missing_ok=True)
+    fed = federation_config(cfg.num_clients, cpus_per_client, **(federation_extra or {}))
+    sub = submit(
+        engine,
+        app_dir or engine.app_dir,
+        overrides,
+        fed,
+        results_dir / "bench-flower.log",
+        timeout=timeout,
+        stop_when=stop_when,
+        sample_memory=sample_memory,
+    )
+    metrics = results_dir / "metrics.jsonl"
+    rounds = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    summary_path = results_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return AppRun(cfg.name, overrides, fed, sub, results_dir, rounds, summary)
+
+
+def run_probe(
+    engine: SimulationEngine,
+    out_dir: Path,
+    *,
+    nodes: int,
+    waves: list[int],
+    repeats: int,
+    cpus_per_client: float = 1,
+    payload: int = 1000,
+    federation_extra: dict[str, Any] | None = None,
+    timeout: float = 900.0,
+    tag: str = "probe",
+) -> dict[str, Any]:
+    """Run the probe app; its timings plus the submission's (start-up, wall)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = (out_dir / f"{tag}.json").resolve()
+    out.unlink(missing_ok=True)
+    run_config = {
+        "nodes": nodes,
+        "waves": ",".join(map(str, waves)),
+        "repeats": repeats,
+        "payload": payload,
+        "out": str(out),
+    }
+    fed = federation_config(nodes, cpus_per_client, **(federation_extra or {}))
+    submitted = time.time()
+    sub = submit(engine, PROBE_APP, run_config, fed, out_dir / f"{tag}.log", timeout=timeout)
+    if not out.exists():
+        raise RuntimeError(f"probe '{tag}' wrote no result ({sub.status}); see {out_dir}")
+    result = json.loads(out.read_text())
+    result.update(
+        tag=tag,
+        federation=fed,
+        wall_s=sub.wall_s,
+        status=sub.status,
+        submit_to_serverapp_s=result["server_started_unix"] - submitted,
+        serverapp_end_to_exit_s=sub.wall_s - (result["finished_unix"] - submitted),
+    )
+    return result
+
+
+class BenchEngine(SimulationEngine):
+    """A `SimulationEngine` that also keeps track of every process below its SuperLink and,
+    on exit, ends those that outlived it (Ray workers re-parented to init would otherwise
+    keep CPU and memory that the next measurement needs)."""
+
+    def __enter__(self) -> BenchEngine:
+        super().__enter__()
+        assert self.superlink is not None
+        self.tracker = TreeSampler(self.superlink.pid, interval=1.0, measure=False).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        tracker = getattr(self, "tracker", None)
+        super().__exit__(*exc)
+        if tracker is not None:
+            tracker.stop()
+            self.leftovers = tracker.kill_leftovers()

@@ -1,0 +1,693 @@
+"""docs/PERFORMANCE.md and its plots, from the sections' measurements (JSON under
+results/bench/). Pure formatting: it measures nothing, so it can be tested on made-up numbers
+and re-run on saved ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.launch import REPO
+
+DOC = REPO / "docs" / "PERFORMANCE.md"
+PLOTS = REPO / "docs" / "performance"
+ORDER = ("overhead", "scale", "aggregation", "communication", "deployment")
+COMMANDS = {
+    "all": "python -m experiments.bench            # every section, rewrites docs/PERFORMANCE.md",
+    "some": "python -m experiments.bench --only scale aggregation   # re-run some, keep the rest",
+    "report": "python -m experiments.bench --report-only   # re-render from results/bench/*.json",
+    "quick": "python -m experiments.bench --quick --no-doc   # smoke test of the harness",
+}
+
+
+def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
+    """A number for a table: fixed digits, NaN/None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def targets_table(sections: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name in ORDER:
+        for t in sections.get(name, {}).get("targets", []):
+            unit = t.get("unit", "×")
+            sign = "≥" if t.get("higher_is_better") else "≤"
+            rows.append(
+                [
+                    name,
+                    t["name"],
+                    fmt(t["measured"], 2, f" {unit}" if unit != "×" else "×"),
+                    f"{sign} {fmt(t['limit'], 1)}{'×' if unit == '×' else ' ' + unit}",
+                    "**met**" if t["met"] else "**not met**",
+                    t.get("note", ""),
+                ]
+            )
+    return table(["section", "target", "measured", "target", "status", "note"], rows)
+
+
+# --- sections ---
+
+
+def render_overhead(s: dict[str, Any]) -> list[str]:
+    cfg = s.get("config", {})
+    extra = f" + {cfg['overrides']}" if cfg.get("overrides") else ""
+    out = [
+        "## 1. Overhead vs the physical limit",
+        "",
+        f"Config: `make run` defaults ({cfg.get('resolved_clients', '?')} clients, "
+        f"{cfg.get('rounds', '?')} rounds, MultiDigits, fedper){extra}. "
+        "Flower: `SimulationEngine` with 1 CPU per client (2 actors, as `make run`) and 2 CPUs "
+        "per client (1 actor: serial like the bare loop). Bare: `run_bare` in a fresh "
+        "interpreter (its wall time includes Python, torch and data start-up), run before "
+        "and after the Flower runs; the faster one is the reference "
+        f"(walls: {', '.join(fmt(w, 1) for w in s.get('bare_walls_s', []))} s). `make run` "
+        "total = SuperLink start + run + SuperLink stop.",
+        "",
+    ]
+    ratios = s.get("ratios", {})
+    bare = s.get("bare", {})
+    rows = []
+    for tag, f in s.get("flower", {}).items():
+        r = ratios.get(tag, {})
+        rows.append(
+            [
+                f"Flower, {tag}",
+                fmt(s.get("engine_start_s", 0) + f["wall_s"] + s.get("engine_stop_s", 0), 1),
+                fmt(f["submit_to_serverapp_s"], 1),
+                fmt(f["round1_s"], 1),
+                fmt(f["warm_round_median_s"], 3),
+                fmt(f["warm_rounds_sum_s"], 1),
+                fmt(r.get("fixed_startup_s"), 1),
+                fmt(r.get("including_startup"), 2, "×"),
+                fmt(r.get("excluding_startup"), 2, "×"),
+            ]
+        )
+    if bare:
+        warm = bare["rounds"][1:]
+        rows.append(
+            [
+                "bare loop",
+                fmt(bare.get("process_wall_s"), 1),
+                "–",
+                fmt(bare["rounds"][0]["seconds"], 1),
+                fmt(_median([r["seconds"] for r in warm]), 3),
+                fmt(sum(r["seconds"] for r in warm), 1),
+                fmt(bare.get("process_wall_s", 0) - sum(r["seconds"] for r in bare["rounds"]), 1),
+                "1×",
+                "1×",
+            ]
+        )
+    out += table(
+        [
+            "path",
+            "total s",
+            "submit → ServerApp s",
+            "round 1 s",
+            "warm round s (median)",
+            "rounds 2..N s",
+            "fixed start-up s",
+            "ratio incl. start-up",
+            "ratio excl. start-up",
+        ],
+        rows,
+    )
+    out += [
+        "Fixed start-up = total − N × median warm round. It is where Flower's overhead is: "
+        "the CLI builds and uploads the FAB, the SuperLink's SuperExec polls for the run "
+        "(1 s) and starts `flwr-simulation`, which imports the ServerApp, starts Ray, "
+        "creates the actors, and each actor imports torch + the ClientApp and builds its data "
+        "on its first message (round 1); at the end, summary/plots, Ray shutdown and the CLI "
+        "exit.",
+        "",
+        "![round times](performance/overhead_rounds.png)",
+        "",
+        "Per warm round (medians):",
+        "",
+    ]
+    rows = [
+        [
+            tag,
+            fmt(p["flower_round_s"], 3),
+            fmt(p["bare_round_s"], 3),
+            fmt(p["client_compute_s"], 3),
+            fmt(p["clientapp_bookkeeping_s"], 3),
+            fmt(p["aggregation_s"] * 1000, 2),
+            fmt(p["dispatch_s"], 3),
+        ]
+        for tag, p in s.get("per_round", {}).items()
+    ]
+    out += table(
+        [
+            "Flower",
+            "Flower round s",
+            "bare round s",
+            "client compute s (bare, serial)",
+            "ClientApp bookkeeping s",
+            "aggregation ms",
+            "dispatch s (remainder)",
+        ],
+        rows,
+    )
+    app = s.get("clientapp", {})
+    if app:
+        out += [
+            f"ClientApp bookkeeping per train message (in process, warm): "
+            f"{fmt(app['warm_overhead_s'] * 1000, 1)} ms besides `local_round` "
+            f"({fmt(app['warm_local_round_s'] * 1000, 1)} ms); `open_session` (config, cached "
+            f"data, model build, state restore) {fmt(app['warm_open_session_s'] * 1000, 1)} ms. "
+            f"The first message of a process costs {fmt(app['first_message_s'], 2)} s "
+            f"(data, first torch calls). With 2 actors the remainder includes the gain from "
+            "running 2 clients at once, so it can be negative; the 1-actor row is the "
+            "like-for-like one.",
+            "",
+        ]
+    probe = s.get("probe", {})
+    if probe:
+        out += [
+            "### Flower alone: probe app (trivial ClientApp, 1000 float32 each way)",
+            "",
+            "`experiments/bench/probe/` echoes what it gets; its ServerApp times waves of "
+            "messages with `grid.send_and_receive`. The first wave (cold) waits for Ray and "
+            "the actors.",
+            "",
+        ]
+        rows = []
+        for tag, p in probe.items():
+            waves = ", ".join(f"{k}: {fmt(v, 3)}" for k, v in p["wave_median_s"].items())
+            rows.append(
+                [
+                    tag,
+                    p["nodes"],
+                    p["actors"],
+                    waves,
+                    fmt(p["per_call_s"] * 1000, 1),
+                    fmt(p["cold_wave_s"], 1),
+                    fmt(p["submit_to_serverapp_s"], 1),
+                    fmt(p["wall_s"], 1),
+                ]
+            )
+        out += table(
+            [
+                "probe",
+                "nodes",
+                "actors",
+                "median s per wave of k messages (k: s)",
+                "marginal ms per call",
+                "cold wave s",
+                "submit → ServerApp s",
+                "run wall s",
+            ],
+            rows,
+        )
+        out += [
+            "Where it comes from (flwr 1.42 source): `vce_api.add_messages_to_queue` wakes every "
+            "0.1 s and asks the in-memory LinkState for one message per node, for every node; "
+            "each `get_message_ins` scans the whole message store under the state lock, so a "
+            "tick costs O(nodes × stored messages) and blocks `store_message_res` and the "
+            "ServerApp's pulls meanwhile. `InMemoryGrid.send_and_receive` pulls every 0.1 s. "
+            "One worker thread per actor calls `RayBackend.process_message`, which pickles the "
+            "ClientApp loader, the message and the node's whole `Context` (its `state` holds "
+            "the private heads) to the actor and back for every message "
+            "(`ray_actor.ClientAppActor.run`). A small wave therefore costs one or two 0.1 s "
+            "ticks whatever it carries; a large federation pays the per-tick scan.",
+            "",
+        ]
+    knobs = s.get("knobs", {})
+    if knobs:
+        base = knobs.get("baseline", {})
+        rows = []
+        for tag, k in knobs.items():
+            rows.append(
+                [
+                    tag,
+                    f"`{k['federation']}`",
+                    fmt(k["wall_s"], 1),
+                    fmt(k["round1_s"], 1),
+                    fmt(k["warm_round_median_s"], 3),
+                    fmt(k["wall_s"] / base["wall_s"], 2, "×") if base else "–",
+                ]
+            )
+        mini = cfg.get("mini", {})
+        out += [
+            f"### Knobs (real app, {mini.get('num-server-rounds', '?')} rounds, same engine, "
+            "one after another)",
+            "",
+        ]
+        out += table(
+            [
+                "knob",
+                "federation config",
+                "wall s",
+                "round 1 s",
+                "warm round s",
+                "wall vs baseline",
+            ],
+            rows,
+        )
+        out += [
+            "`eval-every` = the round count together with `fraction-evaluate=0` (with the default "
+            "`fraction-evaluate=1` every round still runs a sampled evaluation of all clients, "
+            "so `eval-every` alone saves nothing). `4-actors` is `init-args-num-cpus=4`: Ray is "
+            "told there are 4 CPUs on this 2-core machine. `client-resources-num-cpus` 1 vs 2 "
+            "is the 2-actor vs 1-actor comparison above; Ray's logging options "
+            '(`init-args-log-to-driver=false init-args-logging-level="ERROR"`) are tried on '
+            "the probe (`quiet-ray`), where nothing else costs time. `client-resources-num-gpus` "
+            "and `init-args-num-gpus` do nothing without a GPU. `slim-app` is no Flower "
+            "option: the same run submitted from a copy of the app holding only `client/`, "
+            "`common/`, `server/` and pyproject.toml (see below).",
+            "",
+        ]
+    fab = s.get("fab_build", {})
+    if fab:
+        repo, slim = fab.get("repository", {}), fab.get("slim", {})
+        out += [
+            "FAB build (`flwr.cli.build.build_fab_from_disk`, what `flwr run <dir>` does before "
+            f"submitting): the repository directory: {fmt(repo.get('files_walked'))} files walked "
+            f"(.venv, .state, results, node_modules, .git), {fmt(repo.get('seconds'), 2)} s for a "
+            f"{fmt(repo.get('fab_bytes'))}-byte FAB; a slim app directory: "
+            f"{fmt(slim.get('files_walked'))} files, {fmt(slim.get('seconds'), 3)} s, "
+            f"{fmt(slim.get('fab_bytes'))} bytes. Flower's `collect_files` walks and resolves "
+            "every file, then filters them by .gitignore.",
+            "",
+        ]
+    return out
+
+
+def render_scale(s: dict[str, Any]) -> list[str]:
+    runs = s.get("runs", {})
+    main = runs.get("main", {})
+    out = [
+        "## 2. Scale",
+        "",
+        f"SynthCorr, {s.get('clients')} clients × {s.get('samples_per_client')} samples "
+        f"(main run) or × {s.get('sweep_samples_per_client')} (sweep: stopped after round 3, "
+        "so its first, cold round of partitioning stays short), `fraction-train` = k/clients, "
+        "`fraction-evaluate=0`, `eval-every` past the end: only the main run's last round "
+        "evaluates every client. Memory: every process below the SuperLink "
+        "(SuperExec, flwr-simulation, Ray GCS/raylet/agents, actors), sampled every 0.5 s "
+        "from /proc; RSS counts shared pages once per process, PSS splits them.",
+        "",
+    ]
+    if main:
+        out += [
+            f"Main run ({main['clients_per_round'][0] if main.get('clients_per_round') else '?'} "
+            f"per round, 5 rounds): status `{main['status']}`, wall {fmt(main['wall_s'], 1)} s, "
+            f"round 1 (cold: each actor imports torch and partitions all clients) "
+            f"{fmt(main['round1_s'], 1)} s, warm training round "
+            f"{fmt(main['warm_train_median_s'], 2)} s, final full evaluation of every client "
+            f"{fmt(main.get('final_full_evaluation_s'), 1)} s, failures {main['failures']}. "
+            f"Peak memory of the tree: RSS {fmt(main['peak_rss_gb'], 2)} GB, "
+            f"PSS {fmt(main['peak_pss_gb'], 2)} GB ({main['memory_samples']} samples).",
+            "",
+        ]
+    rows = []
+    for name, r in runs.items():
+        rows.append(
+            [
+                name,
+                r["clients_per_round"][-1] if r.get("clients_per_round") else "–",
+                ", ".join(fmt(x, 2) for x in r["train_seconds"]),
+                fmt(r["warm_train_median_s"], 2),
+                fmt(r["peak_rss_gb"], 2),
+                fmt(r["peak_pss_gb"], 2),
+                "stopped after its timed rounds" if r.get("stopped_early") else r["status"],
+            ]
+        )
+    out += table(
+        [
+            "run",
+            "clients / round",
+            "training phase s per round",
+            "warm median s",
+            "peak RSS GB",
+            "peak PSS GB",
+            "end",
+        ],
+        rows,
+    )
+    fit = s.get("fit", {})
+    if fit:
+        quad = fit.get("quadratic", {})
+        out += [
+            f"Warm training round vs sampled clients k: t ≈ {fmt(fit['slope'] * 1000, 1)} ms × k "
+            f"{'+' if fit['intercept'] >= 0 else '−'} {fmt(abs(fit['intercept']), 2)} s "
+            f"(R² {fmt(fit['r2'], 3)}"
+            + (f"; a quadratic fit reaches R² {fmt(quad['r2'], 3)}" if quad else "")
+            + "). ![time per round vs sampled clients](performance/scale_rounds.png)",
+            "",
+        ]
+    col = s.get("column_read")
+    if col:
+        n = s.get("clients") or 0
+        out += [
+            "Cold round: each actor builds the pool and partitions all clients on its first "
+            "message (`common.federation.partition_indices`, cached per process). Turning one "
+            "partition's `idx` column into numpy costs "
+            f'{fmt(col["current_ms"], 1)} ms as written (`np.asarray(ds["idx"])`: datasets '
+            f"4 returns a lazy column that numpy walks row by row) and "
+            f'{fmt(col["proposed_ms"], 1)} ms with `np.asarray(ds["idx"][:])` '
+            f"({col['partitions_timed']} partitions of {col['partition_size']} rows out of "
+            f"{fmt(col['rows'])}, medians): about "
+            f"{fmt((col['current_ms'] - col['proposed_ms']) * n / 1000, 0)} s less per "
+            f"process for {n} partitions.",
+            "",
+        ]
+    return out
+
+
+def render_aggregation(s: dict[str, Any]) -> list[str]:
+    enc, heads = s.get("encoder", {}), s.get("heads", {})
+    out = [
+        "## 3. Aggregation",
+        "",
+        f"{s.get('updates')} updates × {fmt(s.get('parameters'))} float32 parameters, "
+        f"{s.get('repeats')} interleaved repeats (minimum and median). The reference "
+        "is numpy adding the same, already deserialised arrays in place "
+        f"({fmt(enc.get('reference_gb_per_s'), 2)} GB/s read on this machine now).",
+        "",
+    ]
+    rows = []
+    for label, d, key in (
+        ("FedAvg: `aggregate_arrayrecords`", enc, "flower"),
+        ("numpy sum (reference)", enc, "reference"),
+        ("`Array.numpy()` of every update alone", enc, "deserialise"),
+        ("zero-copy weighted mean (proposed)", enc, "zero_copy"),
+        ("task heads: `aggregate_task_arrays`", heads, "flower"),
+        ("numpy sum per head (reference)", heads, "reference"),
+    ):
+        if d and key in d.get("min_s", {}):
+            ref = d["min_s"]["reference"]
+            rows.append(
+                [
+                    label,
+                    fmt(d["min_s"][key] * 1000, 1),
+                    fmt(d["median_s"][key] * 1000, 1),
+                    fmt(d["min_s"][key] / ref, 2, "×"),
+                ]
+            )
+    out += table(["aggregation", "min ms", "median ms", "min vs reference"], rows)
+    out += [
+        "Flower's `aggregate_arrayrecords` deserialises every update with `np.load` (a copy), "
+        "computes `value.numpy() * weight` (a temporary per update) and serialises the result "
+        "with `np.save`: several passes over memory per update where the reference makes one.",
+        "",
+    ]
+    return out
+
+
+def render_communication(s: dict[str, Any]) -> list[str]:
+    out = [
+        "## 4. Communication",
+        "",
+        "Bytes per client and training round as counted on the messages (array payload, .npy "
+        "headers included) in the rounds that only train (evaluation runs in the last round "
+        f"alone; round 1 is left out: fedavg has no heads to send yet). fedper is the "
+        f"compression `none` run ({s.get('compression_rounds')} rounds), the others ran "
+        f"{s.get('algorithm_rounds')} rounds. Nothing in this section is timed (seeds fix "
+        "bytes and accuracies), so its runs go two at a time.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            fmt(a["encoder_parameters"]),
+            fmt(a["encoder_bytes"]),
+            fmt(a["bytes_up_per_client"], 0),
+            fmt(a["up_vs_encoder"], 3, "×"),
+            fmt(a["bytes_down_per_client"], 0),
+            fmt(a["down_vs_encoder"], 3, "×"),
+        ]
+        for name, a in s.get("algorithms", {}).items()
+    ]
+    out += table(
+        [
+            "algorithm",
+            "shared params",
+            "params × 4 B",
+            "up B / client",
+            "up / (params × 4)",
+            "down B / client",
+            "down / (params × 4)",
+        ],
+        rows,
+    )
+    comp = s.get("compression", {})
+    rows = []
+    for method, c in comp.items():
+        rows.append(
+            [
+                method,
+                fmt(_mean([r["bytes_up_per_client_round"] for r in c["runs"]]), 0),
+                fmt(c["bytes_up_ratio"], 2, "×"),
+                ", ".join(fmt(r["mean_accuracy"] * 100, 2) for r in c["runs"]),
+                fmt(c["mean_accuracy"] * 100, 2),
+                fmt(0.0 - c["accuracy_drop_points"] + 0.0, 2),
+            ]
+        )
+    out += [
+        f"Compression on MultiDigits (fedper, default clients), {s.get('compression_rounds')} "
+        f"rounds, seeds {s.get('seeds')}: mean test accuracy over the classification tasks "
+        "(left, right, parity, equal) in the final round, in %.",
+        "",
+    ]
+    out += table(
+        [
+            "compression",
+            "up B / client / round",
+            "bytes up: none / this",
+            "accuracy per seed %",
+            "mean %",
+            "vs none (points)",
+        ],
+        rows,
+    )
+    return out
+
+
+def render_deployment(s: dict[str, Any]) -> list[str]:
+    cfg = s.get("config", {})
+    out = [
+        "## 5. Deployment latency",
+        "",
+        f"{cfg.get('num-clients')} clients, default MultiDigits config; a round is a training "
+        "wave and an evaluation wave. Loopback deployment (`LocalDeployment`, subprocess "
+        "isolation: every message starts a fresh ClientApp process, so all its rounds are "
+        "alike; the variants run 1 round) vs Flower's simulation of the same config (3 rounds: "
+        "round 1 is cold, later ones warm).",
+        "",
+    ]
+    rows = []
+    for key, label in (
+        ("simulation", "simulation"),
+        ("insecure", "deployment, insecure"),
+        ("tls", "deployment, TLS + node auth"),
+        ("grid_poll_0.1s", "deployment, insecure, MeteredGrid pulls every 0.1 s (patched copy)"),
+        ("grid_and_superexec_poll_0.1s", "… and FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1"),
+    ):
+        d = s.get(key)
+        if not d or "skipped" in d:
+            continue
+        rows.append(
+            [
+                label,
+                fmt(d.get("up_s"), 1),
+                fmt(d["run_wall_s"], 1),
+                ", ".join(fmt(x, 1) for x in d["round_seconds"]),
+                ", ".join(fmt(x, 1) for x in d["train_seconds"]),
+                ", ".join(fmt(x, 1) for x in d["eval_seconds"]),
+                fmt(d["wave_median_s"], 2),
+                d["status"],
+            ]
+        )
+    out += table(
+        [
+            "path",
+            "start s",
+            "run wall s",
+            "round s",
+            "training wave s",
+            "evaluation wave s",
+            "wave median s",
+            "status",
+        ],
+        rows,
+    )
+    ratios = [
+        f"deployment round / simulation warm round: {fmt(s.get('ratio_round_deploy_vs_sim'), 1)}×",
+        f"TLS / insecure, per wave: {fmt(s.get('ratio_wave_tls_vs_insecure'), 2)}×",
+    ]
+    for key, label in (
+        ("grid_poll_0.1s", "grid pull every 0.1 s / insecure"),
+        ("grid_and_superexec_poll_0.1s", "grid + SuperExec poll 0.1 s / insecure"),
+    ):
+        if f"ratio_wave_{key}_vs_insecure" in s:
+            ratios.append(f"{label}, per wave: {fmt(s[f'ratio_wave_{key}_vs_insecure'], 2)}×")
+    out += ["; ".join(ratios) + ".", ""]
+    spawn, imports = s.get("spawn", {}), s.get("imports", {})
+    if spawn:
+        out += [
+            "Where a deployment wave goes: every message starts a new ClientApp process. In a "
+            f"fresh interpreter `import client.app` takes {fmt(spawn.get('import_s'), 2)} s and "
+            f"the first `load_client_data` {fmt(spawn.get('data_s'), 2)} s (whole process "
+            f"{fmt(spawn.get('process_s'), 2)} s; the simulation pays this once per actor). "
+            "Cumulative import time of the heavy modules (`-X importtime`, import + first data "
+            "load): "
+            + ", ".join(f"`{k}` {fmt(v, 2)} s" for k, v in imports.items())
+            + ". On top: an idle SuperNode polls every 3 s (hard-coded), SuperExec looks "
+            "for tasks every 1 s, and the ServerApp's `HttpGrid.send_and_receive` sleeps 3 s "
+            "between pulls, so a wave is rounded up to a multiple of 3 s. All three nodes start "
+            "their processes at once on 2 cores.",
+            "",
+        ]
+    return out
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "overhead": render_overhead,
+    "scale": render_scale,
+    "aggregation": render_aggregation,
+    "communication": render_communication,
+    "deployment": render_deployment,
+}
+
+
+def render(
+    sections: dict[str, dict[str, Any]], machine: dict[str, Any], *, quick: bool = False
+) -> str:
+    """The whole document."""
+    lines = [
+        "# Performance",
+        "",
+        "Written by `python -m experiments.bench` (issue 7); do not edit by hand, re-run it.",
+        "",
+        "**Timings come from a shared machine** (other engineers' experiments were running): "
+        "absolute seconds vary from run to run, so every comparison below is a ratio of two "
+        "numbers measured in the same bench run, close together in time (interleaved where "
+        "possible), and repeated measurements are summarised by their median or minimum.",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick mode: smoke-test sizes, not the targets' configurations.**", ""]
+    lines += ["## Machine", ""]
+    lines += table(
+        ["item", "value"],
+        [
+            ["CPU", machine.get("cpu", "?")],
+            ["cores", machine.get("cores", "?")],
+            ["RAM", f"{machine.get('ram_gib', '?')} GiB"],
+            ["load average at start (1, 5, 15 min)", machine.get("load_avg", "?")],
+            ["OS", machine.get("os", "?")],
+            ["Python", machine.get("python", "?")],
+            ["torch", machine.get("torch", "?")],
+            ["flwr", machine.get("flwr", "?")],
+            ["ray", machine.get("ray", "?")],
+            ["numpy", machine.get("numpy", "?")],
+            ["commit", machine.get("commit", "?")],
+            ["date", machine.get("date", "?")],
+        ],
+    )
+    lines += ["## Targets", "", *targets_table(sections)]
+    for name in ORDER:
+        if name in sections:
+            lines += RENDERERS[name](sections[name])
+    lines += ["## Commands", "", "```", *list(COMMANDS.values()), "```", ""]
+    rows = [
+        [
+            name,
+            fmt(sections[name].get("seconds"), 0),
+            sections[name].get("measured_at", ""),
+            sections[name].get("load_avg_after", ""),
+        ]
+        for name in ORDER
+        if name in sections
+    ]
+    total = sum(sections[n].get("seconds", 0.0) for n in ORDER if n in sections)
+    rows.append(["**total**", fmt(total, 0), "", ""])
+    lines += [
+        "Section durations (s) and the machine's load average when each ended:",
+        "",
+        *table(["section", "seconds", "measured at", "load average after"], rows),
+    ]
+    return "\n".join(lines)
+
+
+def plot(sections: dict[str, dict[str, Any]], directory: Path = PLOTS) -> list[Path]:
+    """Per-round times (Flower vs bare) and time per round vs sampled clients."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    ov = sections.get("overhead", {})
+    if ov.get("flower") and ov.get("bare"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for tag, f in ov["flower"].items():
+            ax.plot(
+                range(1, len(f["round_seconds"]) + 1),
+                f["round_seconds"],
+                marker=".",
+                label=f"Flower {tag}",
+            )
+        b = [r["seconds"] for r in ov["bare"]["rounds"]]
+        ax.plot(range(1, len(b) + 1), b, marker=".", label="bare loop")
+        ax.set_yscale("log")
+        ax.set_xlabel("round")
+        ax.set_ylabel("seconds")
+        ax.set_title("Round time, `make run` config")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, directory / "overhead_rounds.png"))
+    sc = sections.get("scale", {})
+    if sc.get("points"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [p[0] for p in sc["points"]]
+        ys = [p[1] for p in sc["points"]]
+        ax.plot(xs, ys, "o", label="measured (warm median)")
+        fit = sc.get("fit", {})
+        if fit:
+            ax.plot(
+                xs, [fit["slope"] * x + fit["intercept"] for x in xs], "-", label="least squares"
+            )
+        ax.set_xlabel("clients sampled per round")
+        ax.set_ylabel("training round, s")
+        ax.set_title(f"{sc.get('clients')} clients, SynthCorr")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, directory / "scale_rounds.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _median(values: Sequence[float]) -> float:
+    from experiments.bench.stats import median
+
+    return median(values)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,328 @@
+"""The benchmark harness (experiments/bench): quick checks of its pieces on small inputs.
+Nothing here is timed against a limit; the benchmark itself is `python -m experiments.bench`."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array
+
+from experiments.bench import aggregation, communication, overhead, report
+from experiments.bench.flower import (
+    AppRun,
+    Submission,
+    federation_config,
+    stop_after_round,
+)
+from experiments.bench.sampling import TreeSampler, descendants, process_table
+from experiments.bench.stats import Target, fit_line, median
+
+# --- aggregation ---
+
+
+def test_aggregation_benchmark_on_small_arrays_is_consistent() -> None:
+    enc = aggregation.bench_encoder(n_updates=4, n_params=1000, repeats=3)
+    assert set(enc["times"]) == {"flower", "reference", "deserialise", "zero_copy"}
+    for name, times in enc["times"].items():
+        assert len(times) == 3 and all(t > 0 for t in times)
+        assert enc["min_s"][name] == min(times) <= enc["median_s"][name]
+    assert enc["ratio_min"] == pytest.approx(enc["min_s"]["flower"] / enc["min_s"]["reference"])
+    assert enc["bytes_read"] == 4 * 1000 * 4
+    heads = aggregation.bench_heads(n_updates=4, n_params=1000, repeats=2)
+    assert heads["ratio_min"] > 0 and heads["bytes_read"] == 4 * 1000 * 4
+
+
+def test_zero_copy_mean_equals_flowers_weighted_mean() -> None:
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    records = aggregation.encoder_records(5, 2000, seed=3)
+    expected = aggregate_arrayrecords(records, "num-examples")
+    got = aggregation.zero_copy_mean(records)
+    assert list(got.keys()) == list(expected.keys())
+    for key in expected:
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (7,), (2, 3, 5)])
+def test_array_view_reads_the_npy_payload_in_place(shape: tuple[int, ...]) -> None:
+    a = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    view = aggregation.array_view(Array(a))
+    np.testing.assert_array_equal(view, a)
+    assert not view.flags.writeable  # a view of the message's bytes, not a copy
+
+
+def test_head_records_hold_two_tasks_and_sum_to_the_parameter_count() -> None:
+    from common.records import TASK_ARRAYS
+
+    records = aggregation.head_records(4, 1000)
+    for r in records:
+        heads = r[TASK_ARRAYS]
+        assert len({k.split(".")[1] for k in heads}) == 2
+        assert sum(a.numpy().size for a in heads.values()) == 1000
+
+
+# --- report ---
+
+
+def _sections() -> dict[str, dict]:
+    """Made-up measurements in the shape the sections return."""
+    met = Target("a ratio", 1.2, 1.5).as_dict()
+    missed = Target("bytes ratio", 3.1, 3.5, higher_is_better=True).as_dict()
+    return {
+        "aggregation": {
+            "updates": 100,
+            "parameters": 1_000_000,
+            "repeats": 5,
+            "encoder": {
+                "min_s": {"flower": 1.0, "reference": 0.25, "deserialise": 0.5, "zero_copy": 0.4},
+                "median_s": {"flower": 1.1, "reference": 0.3, "deserialise": 0.6, "zero_copy": 0.5},
+                "reference_gb_per_s": 1.6,
+            },
+            "heads": {
+                "min_s": {"flower": 0.8, "reference": 0.2},
+                "median_s": {"flower": 0.9, "reference": 0.2},
+            },
+            "targets": [met],
+            "seconds": 12.0,
+        },
+        "communication": {
+            "algorithm_rounds": 3,
+            "compression_rounds": 10,
+            "seeds": [0, 1, 2],
+            "algorithms": {
+                "fedper": {
+                    "encoder_parameters": 12416,
+                    "encoder_bytes": 49664,
+                    "bytes_up_per_client": 50176.0,
+                    "bytes_down_per_client": 50176.0,
+                    "up_vs_encoder": 1.0103,
+                    "down_vs_encoder": 1.0103,
+                }
+            },
+            "compression": {
+                "none": {
+                    "runs": [{"bytes_up_per_client_round": 50176.0, "mean_accuracy": 0.8}],
+                    "bytes_up_ratio": 1.0,
+                    "mean_accuracy": 0.8,
+                    "accuracy_drop_points": 0.0,
+                }
+            },
+            "targets": [missed],
+            "seconds": 100.0,
+        },
+    }
+
+
+def test_report_writer_produces_the_targets_table_from_given_measurements() -> None:
+    text = report.render(_sections(), {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0})
+    assert text.startswith("# Performance")
+    assert "| Test CPU |" in text
+    lines = text.splitlines()
+    header = lines.index("## Targets")
+    table = [x for x in lines[header + 2 :] if x.startswith("|")][:4]
+    assert table[0].startswith("| section | target | measured")
+    assert "| aggregation | a ratio | 1.20× | ≤ 1.5× | **met** |" in table[2]
+    assert "| communication | bytes ratio | 3.10× | ≥ 3.5× | **not met** |" in table[3]
+    assert "## 3. Aggregation" in text and "## 4. Communication" in text
+    assert "## 1. Overhead" not in text  # sections not measured are left out, not invented
+    assert "| **total** | 112 |" in text
+
+
+def test_report_formats_missing_numbers_as_a_dash() -> None:
+    assert report.fmt(float("nan")) == "–"
+    assert report.fmt(None) == "–"
+    assert report.fmt(1234567) == "1,234,567"
+    assert report.fmt(0.12345, 3, "×") == "0.123×"
+    assert report.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |", ""]
+
+
+def test_plots_are_written_from_measurements(tmp_path: Path) -> None:
+    sections = {
+        "scale": {
+            "clients": 1000,
+            "points": [[10, 1.0], [50, 3.0], [100, 5.5], [200, 11.0]],
+            "fit": fit_line([10, 50, 100, 200], [1.0, 3.0, 5.5, 11.0]),
+        }
+    }
+    written = report.plot(sections, tmp_path)
+    assert [p.name for p in written] == ["scale_rounds.png"]
+    assert written[0].stat().st_size > 1000
+
+
+# --- statistics ---
+
+
+def test_fit_line_recovers_a_line_and_flags_curvature() -> None:
+    xs = [10, 50, 100, 200]
+    fit = fit_line(xs, [0.5 + 0.02 * x for x in xs])
+    assert fit["slope"] == pytest.approx(0.02) and fit["intercept"] == pytest.approx(0.5)
+    assert fit["r2"] == pytest.approx(1.0)
+    curved = fit_line(xs, [0.001 * x * x for x in xs])
+    assert curved["quadratic"]["r2"] > curved["r2"]
+
+
+def test_targets_know_their_direction_and_treat_nan_as_not_met() -> None:
+    assert Target("t", 1.4, 1.5).met and not Target("t", 1.6, 1.5).met
+    assert Target("t", 3.9, 3.5, higher_is_better=True).met
+    assert not Target("t", float("nan"), 1.5).met
+    assert Target("t", 1.0, 2.0).as_dict()["met"] is True
+    assert math.isnan(median([]))
+
+
+# --- the memory sampler ---
+
+
+def test_memory_sampler_sees_a_child_and_a_grandchild() -> None:
+    code = (
+        "import time; b = bytearray(60_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(5)"
+    )
+    parent = subprocess.Popen(["bash", "-c", f'"{sys.executable}" -c "{code}"; true'])
+    sampler = TreeSampler(parent.pid, interval=0.1)
+    try:
+        deadline = time.monotonic() + 10
+        rss = 0
+        while time.monotonic() < deadline:
+            rss, _pss, n = sampler.sample()
+            if n >= 2 and rss > 60e6:
+                break
+            time.sleep(0.1)
+        assert n >= 2, "the python grandchild was not found below the bash parent"
+        assert rss > 60e6 and sampler.peak_rss >= rss
+        assert 0 < sampler.peak_pss <= sampler.peak_rss * 1.01
+        assert descendants(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+        sampler.kill_leftovers(grace=2.0)  # the python grandchild outlives bash
+
+
+def test_sampler_keeps_track_of_reparented_processes_and_ends_them() -> None:
+    # bash starts a background sleep and exits: the sleep is re-parented, out of the tree.
+    parent = subprocess.Popen(
+        ["bash", "-c", "sleep 30 & echo $!; sleep 0.5"], stdout=subprocess.PIPE, text=True
+    )
+    orphan = int(parent.stdout.readline())
+    sampler = TreeSampler(parent.pid, measure=False)
+    sampler.sample()
+    assert orphan in sampler.tracked
+    parent.wait()
+    assert orphan not in descendants(parent.pid)
+    assert sampler.leftovers() == [orphan]
+    assert sampler.kill_leftovers(grace=2.0) == [orphan]
+    assert orphan not in process_table() or process_table()[orphan][1] != sampler.tracked[orphan]
+
+
+# --- the Flower runner's bookkeeping ---
+
+
+def _lines() -> list[tuple[float, str]]:
+    return [
+        (0.5, "🎊 Successfully started run 42"),
+        (6.0, "INFO :      fedmtl | run 'x' -> /tmp/x"),
+        (30.0, "INFO :      fedmtl | round   1/3 | train loss 1.0 | 24.0s"),
+        (31.0, "INFO :      fedmtl | round   2/3 | train loss 0.9 | 0.9s"),
+        (32.2, "INFO :      fedmtl | round   3/3 | train loss 0.8 | 1.1s"),
+        (33.0, "INFO :      fedmtl | finished: /tmp/x/summary.json"),
+    ]
+
+
+def test_submission_marks_rounds_and_stop_condition_fires_on_the_round_line() -> None:
+    sub = Submission("42", 36.0, "finished:completed", _lines())
+    assert sub.round_marks() == {1: 30.0, 2: 31.0, 3: 32.2}
+    assert sub.first(r"fedmtl \| run '") == 6.0
+    assert sub.first("nothing like this") is None
+    stop = stop_after_round(2)
+    assert not stop(_lines()[:3]) and stop(_lines()[:4])
+    assert federation_config(6, 1, init_args_num_cpus=4) == (
+        "num-supernodes=6 client-resources-num-cpus=1 client-resources-num-gpus=0.0 "
+        "init-args-num-cpus=4"
+    )
+
+
+def _app_run(rows: list[dict], summary: dict | None = None) -> AppRun:
+    sub = Submission("42", 36.0, "finished:completed", _lines())
+    return AppRun("x", {}, "fed", sub, Path("/tmp/x"), rows, summary or {"status": "completed"})
+
+
+def test_breakdown_splits_a_run_from_its_log_and_metrics() -> None:
+    rows = [
+        {"round": 1, "seconds": 24.0, "train_seconds": 23.5},
+        {"round": 2, "seconds": 0.9, "train_seconds": 0.6},
+        {"round": 3, "seconds": 1.1, "train_seconds": 0.7},
+    ]
+    b = overhead.breakdown(_app_run(rows))
+    assert b["ok"] and b["rounds"] == 3
+    assert b["submit_to_serverapp_s"] == 6.0
+    assert b["warm_round_median_s"] == pytest.approx(1.0)
+    assert b["warm_rounds_sum_s"] == pytest.approx(2.0)
+    assert b["serverapp_outside_rounds_s"] == pytest.approx(32.2 - 6.0 - 26.0)
+    assert b["last_round_to_exit_s"] == pytest.approx(36.0 - 32.2)
+
+
+def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_tasks() -> None:
+    rows = [
+        {"round": 1, "clients": 6, "bytes_up": 600, "bytes_down": 600},
+        {"round": 2, "clients": 6, "bytes_up": 1200, "bytes_down": 2400},
+        {"round": 3, "clients": 6, "bytes_up": 1200, "bytes_down": 9999},
+    ]
+    got = communication.per_client_bytes(_app_run(rows))
+    assert got == {"up": 200.0, "down": 400.0, "rounds": 1}
+    summary = {
+        "per_task": {
+            "left": {"test/accuracy": {"mean": 0.9}},
+            "parity": {"test/accuracy": {"mean": 0.7}},
+            "sum": {"test/mae": {"mean": 1.5}},
+        }
+    }
+    assert communication.mean_accuracy(summary) == pytest.approx(0.8)
+
+
+def test_bare_profile_times_every_round_of_the_real_loop() -> None:
+    prof = overhead.bare_profile(
+        {"num-clients": 2, "num-server-rounds": 2, "samples-per-client": 60, "local-epochs": 1}
+    )
+    assert [r["round"] for r in prof["rounds"]] == [1, 2]
+    for r in prof["rounds"]:
+        assert len(r["train_per_client"]) == 2
+        assert 0 < r["train_compute"] + r["eval_compute"] <= r["seconds"] + 1e-6
+    assert prof["setup_s"] > 0 and prof["wall_s"] >= sum(r["seconds"] for r in prof["rounds"])
+
+
+def test_patched_app_copy_keeps_the_tree_untouched(tmp_path: Path) -> None:
+    from experiments.bench import deployment
+    from experiments.launch import REPO
+
+    original = (REPO / "server" / "metered_grid.py").read_text()
+    app = deployment.patched_app(tmp_path / "app")
+    if app is None:
+        pytest.skip("server/metered_grid.py changed: the deployment variant is skipped too")
+    patched = (app / "server" / "metered_grid.py").read_text()
+    assert deployment.GRID_PATCH in patched and "_send_and_receive_polling" in patched
+    compile(patched, "metered_grid.py", "exec")
+    assert (REPO / "server" / "metered_grid.py").read_text() == original
+    assert not (app / ".venv").exists() and (app / "pyproject.toml").exists()
+    assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]
+
+
+def test_scale_sweep_samples_exactly_the_clients_it_names() -> None:
+    from common.config import parse_run_config, sampled_per_round
+    from experiments.bench.scale import scale_config
+
+    for k in (10, 50, 100, 200):
+        cfg = parse_run_config(scale_config(1000, k, 4, 100))
+        assert sampled_per_round(cfg, 1000) == k
+        assert cfg.eval_every > cfg.num_server_rounds and cfg.fraction_evaluate == 0.0
+
+
+def test_column_read_cost_compares_two_reads_of_the_same_partitions() -> None:
+    from experiments.bench.scale import column_read_cost
+
+    got = column_read_cost(rows=2000, size=50, partitions=3)
+    assert got["partitions_timed"] == 3
+    assert got["current_ms"] > 0 and got["proposed_ms"] > 0

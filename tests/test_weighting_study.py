@@ -1,0 +1,83 @@
+"""The weighting study: its significance rule, and a tiny study end to end on Flower."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.launch import SimulationEngine
+from experiments.weighting_study import (
+    StudySettings,
+    paired_difference,
+    relative_delta,
+    run_name,
+    run_study,
+)
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def sim_engine() -> Iterator[SimulationEngine]:
+    """A SuperLink of this module's own, stopped when the module is done (the session-wide
+    one in conftest is not stopped when conftest is imported twice, as `tests.conftest`)."""
+    with SimulationEngine() as engine:
+        yield engine
+
+
+def test_improvement_needs_more_than_two_std_of_the_paired_difference() -> None:
+    clear = paired_difference([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], higher_is_better=True)
+    assert clear["verdict"] == "better" and clear["mean"] == pytest.approx(0.10)
+    noisy = paired_difference([0.80, 0.60, 0.75], [0.70, 0.71, 0.72], higher_is_better=True)
+    assert noisy["verdict"] == "n.s."
+    mae = paired_difference([1.2, 1.21, 1.19], [1.0, 1.0, 1.0], higher_is_better=False)
+    assert mae["verdict"] == "worse"
+    single = paired_difference([0.9], [0.1], higher_is_better=True)
+    assert single["verdict"] == "n.s." and single["std"] is None
+
+
+def test_delta_m_signs_follow_the_metric_direction() -> None:
+    metric = {"t0": "mae", "t1": "accuracy"}
+    ew = {"t0": 1.0, "t1": 0.5}
+    assert relative_delta({"t0": 0.9, "t1": 0.55}, ew, metric) == pytest.approx(-10.0)
+    assert relative_delta({"t0": 1.1, "t1": 0.45}, ew, metric) == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path: Path, sim_engine: SimulationEngine) -> None:
+    settings = StudySettings(
+        methods=("ew", "mgda"),
+        correlations=(0.1,),
+        seeds=(0,),
+        base={**TINY, "dataset": "synthcorr", "algorithm": "fedper"},
+        results_dir=tmp_path / "results",
+        out=tmp_path / "WEIGHTING.md",
+        plots=tmp_path / "weighting",
+    )
+    out = run_study(settings, sim_engine)
+    text = settings.out.read_text()
+    assert "python -m experiments.weighting_study" in text
+    assert (settings.plots / "final_metrics.png").stat().st_size > 1000
+    for method in settings.methods:
+        name = run_name(0.1, method, 0)
+        summary = json.loads((settings.results_dir / name / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["config"]["weighting"] == method
+        assert summary["config"]["synth-correlation"] == 0.1
+        for task, metrics in summary["per_task"].items():
+            key = "test/accuracy" if "test/accuracy" in metrics else "test/mae"
+            value = metrics[key]["mean"]
+            assert out["values"][(0.1, method, 0)][task][1] == value
+            row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
+            assert f"{value:.3f}" in row
+    assert "n.s." in text and "no improvement is claimed" in text  # one seed: nothing claimed
+
+    class NoRuns:
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a finished run was run again")
+
+    again = run_study(settings, NoRuns())  # type: ignore[arg-type]
+    assert again["values"] == out["values"]
