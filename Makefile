@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fedmtl-installed
 TORCH := torch==2.13.0
 ARGS ?=
 
-.PHONY: run test lint venv clean deploy-local compose-lint
+.PHONY: run test lint venv clean deploy-local compose-lint compare bench robustness privacy weighting
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,22 @@ deploy-local: $(STAMP)
 compose-lint:
 	npm ci --no-audit --no-fund
 	npx dclint docker-compose.yml docker-compose.tls.yml --max-warnings 0
+
+# Experiments: each writes its report under docs/ (see the README).
+compare: $(STAMP)
+	$(PY) -m experiments.compare $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench $(ARGS)
+
+robustness: $(STAMP)
+	$(PY) -m experiments.robustness $(ARGS)
+
+privacy: $(STAMP)
+	$(PY) -m experiments.privacy.sweep $(ARGS)
+
+weighting: $(STAMP)
+	$(PY) -m experiments.weighting_study $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
