@@ -454,8 +454,8 @@ def render(
             text = mean_std(row.values.get(c))
             if row.lost.get(c):
                 text += f" ({row.lost[c]} lost)"
-            for status, n in sorted(row.missing.get(c, {}).items()):
-                text += f" ({n} {status})"
+            for status, count in sorted(row.missing.get(c, {}).items()):
+                text += f" ({count} {status})"
             cells.append(text)
         deltas = [points(row.mean(c), row.mean("clean")) for c in columns[1:]]
         lines.append(f"| {name} | {NOTES[name]} | " + " | ".join(cells + deltas) + " |")
@@ -469,8 +469,9 @@ def render(
         f"Updates of clients 0..{ATTACKERS - 1} (the attackers, in the attack columns) / of "
         f"clients {ATTACKERS}..{n - 1} that `server.validation` dropped before aggregation "
         "(`rejected` in `metrics.jsonl`), out of the updates they sent over all rounds of the "
-        "completed seeds. With the norm bound off (every row but one) only malformed replies "
-        "would count.",
+        "completed seeds. With the norm bound off (every row but one) only malformed or "
+        "non-finite replies count: honest ones are clients whose own model went non-finite "
+        "(*lost*).",
         "",
         "| defence | " + " | ".join(labels[c] for c in columns) + " |",
         "| --- |" + " --- |" * len(columns),
@@ -507,7 +508,13 @@ def render(
         "- Under `secagg = true` none of the robust rules and no norm check can run: the "
         "server sees only the sum (see docs/SECURITY.md).",
         "",
-        f"{len(done)} of {len(results)} cells completed, {wall / 60:.0f} min of wall time in "
+        f"{len(done)} of {len(results)} cells completed"
+        + "".join(
+            f", {sum(r.status == st for r in results)} {st}"
+            for st in ("diverged", "failed", "missing")
+            if any(r.status == st for r in results)
+        )
+        + f"; {wall / 60:.0f} min of wall time in "
         f"all (about {wall / max(len(done), 1):.0f} s a cell, most of it Flower/Ray start-up "
         "on a 2-core machine shared with other jobs; a round takes about a second).",
         "",
