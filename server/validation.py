@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -71,6 +72,16 @@ def heads_problem(heads: ArrayRecord | None, known: ArrayRecord | None) -> str |
     return None
 
 
+def weight_problem(metrics: Any) -> str | None:
+    """The aggregation weight must be a finite number > 0."""
+    weight = metrics.get("num-examples")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        return f"num-examples is {weight!r}, not a number"
+    if not np.isfinite(weight) or weight <= 0:
+        return f"num-examples is {weight}, not a finite number > 0"
+    return None
+
+
 def update_norm(arrays: ArrayRecord, sent: ArrayRecord) -> float:
     return float(
         np.sqrt(
@@ -100,13 +111,27 @@ def validate_train_replies(
         elif "metrics" not in msg.content.metric_records:
             reason = "no 'metrics' record"
         else:
-            reason = arrays_problem(msg.content.array_records.get("arrays"), sent) or heads_problem(
-                msg.content.array_records.get(TASK_ARRAYS), known_heads
+            reason = (
+                weight_problem(msg.content.metric_records["metrics"])
+                or arrays_problem(msg.content.array_records.get("arrays"), sent)
+                or heads_problem(msg.content.array_records.get(TASK_ARRAYS), known_heads)
             )
         if reason:
             rejected.append(Rejection(msg.metadata.src_node_id, client_of(msg), reason))
         else:
             good.append(msg)
+    if max_update_ratio > 0 and len(good) >= 3:
+        # FedAvg weights by the claimed example count: bound it like the update norm.
+        weights = [float(m.content.metric_records["metrics"]["num-examples"]) for m in good]
+        cap = max_update_ratio * float(np.median(weights))
+        kept = []
+        for msg, weight in zip(good, weights, strict=True):
+            if weight > cap:
+                reason = f"num-examples {weight:g} exceeds {max_update_ratio:g} × median ({cap:g})"
+                rejected.append(Rejection(msg.metadata.src_node_id, client_of(msg), reason))
+            else:
+                kept.append(msg)
+        good = kept
     if max_update_ratio > 0 and len(good) >= 3 and len(sent):
         norms = [update_norm(m.content["arrays"], sent) for m in good]
         bound = max_update_ratio * float(np.median(norms))
