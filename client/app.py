@@ -62,6 +62,10 @@ def _parse(items: tuple) -> RunConfig:
     return parse_run_config(dict(items))
 
 
+class DivergedError(RuntimeError):
+    """Local training produced non-finite weights; names the client, round and arrays."""
+
+
 @dataclass
 class ClientSession:
     """Everything one handler call works with."""
@@ -103,6 +107,32 @@ class ClientSession:
     def save(self, server_round: int) -> None:
         self.meta.update(round=server_round, weighting=self.weighting.state_dict())
         self.store.save(self.private_arrays(), self.meta)
+
+    def keep_finite(self, server_round: int, before: dict[str, np.ndarray]) -> None:
+        """Refuse a round whose local training went non-finite: saving it would lose the
+        client for the rest of the run (every later update and evaluation is NaN too). The
+        private state it started the round with is kept, the DP-SGD history still counts the
+        round (its data were used), and the raised error becomes this round's failed reply."""
+        bad = [
+            k
+            for k, v in self.model.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        if self.personal is not None:
+            bad += [
+                PERSONAL + k
+                for k, v in self.personal.state_dict().items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())
+            ]
+        if not bad:
+            return
+        self.store.save(before, self.meta)
+        raise DivergedError(
+            f"client {self.data.client_id}: local training in round {server_round} produced "
+            f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])}"
+            f"{', …' if len(bad) > 3 else ''}); the update is withheld and the private state "
+            f"of round {self.meta.get('round', 0)} is kept (lower 'lr' or enable clipping)"
+        )
 
     def reply_arrays(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:
         # Exactly the shared keys received, in the order received: never a private key.
@@ -280,6 +310,7 @@ def legacy_train_step(msg: Message, context: Context) -> Message:
 def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> RecordDict:
     """Local training under the configured algorithm and privacy; the reply's records."""
     audit = {"private-at-start": s.private_digest()} if s.cfg.audit_received else {}
+    before = {k: v.copy() for k, v in s.private_arrays().items()}  # training is in place
     privacy = {}
     if s.cfg.privacy == "dp-sgd":
         from client.dp import dp_round  # Opacus costs seconds to import: only when used
@@ -299,6 +330,7 @@ def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> Re
             personal=s.personal,
             proximal_mu=proximal_mu,
         )
+    s.keep_finite(server_round, before)
     s.save(server_round)
     if s.cfg.audit_received:
         # Digests (not values) of the private state let a test check, from the server side,

@@ -130,8 +130,10 @@ def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, 
             seed=cfg.seed,
         )
     partitioner.dataset = table
+    # `[:]` reads the column at once; datasets 4 returns a lazy column that numpy would walk
+    # row by row (about 9x slower: seconds per process for 1000 partitions).
     return tuple(
-        np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+        np.asarray(partitioner.load_partition(i)["idx"][:], dtype=np.int64)
         for i in range(num_partitions)
     )
 

@@ -45,6 +45,7 @@ from experiments.launch import (
     free_port,
     parse_overrides,
     report_outcome,
+    stage_app,
     stop_process_group,
     toml_value,
     wait_healthy,
@@ -438,7 +439,8 @@ class LocalDeployment:
         run_config = self.home / f"run-config-{time.time_ns()}.toml"
         run_config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
         log_path = self.logs / f"flwr-run-{cfg.name}.log"
-        cmd = ["flwr", "run", str(REPO), CONNECTION, "--stream", "--run-config", str(run_config)]
+        app = stage_app(self.home / "app")  # a slim copy: the FAB build walks the whole dir
+        cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(run_config)]
         t0 = time.perf_counter()
         stream_run(cmd, self.cli_env(), log_path, echo=self.echo, timeout=timeout)
         wall = time.perf_counter() - t0

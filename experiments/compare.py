@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -338,15 +340,16 @@ class Progress:
         )
 
     def eta(self) -> str:
-        parts = []
-        for flower in (True, False):
-            if self.left[flower] <= 0:
-                parts.append(0.0)
-            elif self.times[flower]:
-                parts.append(self.left[flower] * sum(self.times[flower]) / len(self.times[flower]))
-            else:
-                return "?"
-        return _hms(max(parts) if self.parallel else sum(parts))
+        """'?' until a kind with cells left has a timing; a kind without one yet (e.g. the
+        transfer adaptations, which wait for their federations) counts as free."""
+        parts = [
+            self.left[kind] * sum(self.times[kind]) / len(self.times[kind])
+            for kind in (True, False)
+            if self.left[kind] > 0 and self.times[kind]
+        ]
+        if not parts and any(self.left[kind] > 0 for kind in (True, False)):
+            return "?"
+        return _hms((max(parts) if self.parallel else sum(parts)) if parts else 0.0)
 
 
 def run_grid(
@@ -376,6 +379,24 @@ def run_grid(
     # The machine is shared: the 1-minute load average after each cell says how contended
     # the timings were.
     load = [os.getloadavg()[0]]
+    # Recorded as it goes, so an invocation that is killed still leaves its time behind.
+    entry: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "skipped": result.skipped,
+        "cpus": os.cpu_count(),
+        "finished": False,
+    }
+    timings.invocations.append(entry)
+
+    def record() -> None:
+        result.wall_s = time.perf_counter() - t0
+        entry.update(
+            wall_s=round(result.wall_s, 1),
+            ran=result.ran,
+            failed=len(result.failed),
+            mean_load=round(sum(load) / len(load), 2),
+        )
+        timings.save()
 
     def finished(cell: Cell, status: str, wall_s: float, error: str = "") -> None:
         result.ran += 1
@@ -384,6 +405,9 @@ def run_grid(
         if status != "completed":
             result.failed.append(cell.name)
         progress.line(cell, status, wall_s, _detail(grid, cell) if not error else f"{error[:80]} ")
+        record()
+
+    record()
 
     local_jobs = [c for c in todo if not c.in_flower]
     flower_jobs = [c for c in todo if c.in_flower]
@@ -393,7 +417,9 @@ def run_grid(
     ready = [c for c in local_jobs if c not in waiting]
 
     pool = (
-        cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        cf.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        )
         if workers > 0 and local_jobs
         else None
     )
@@ -445,7 +471,6 @@ def run_grid(
                             finished(t, "failed", 0.0, "its federation failed")
                     if pool is not None:
                         collect(block=False)
-                    timings.save()
             finally:
                 if own:
                     eng.__exit__(None, None, None)
@@ -454,22 +479,18 @@ def run_grid(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        result.wall_s = time.perf_counter() - t0
-        timings.invocations.append(
-            {
-                "started": time.strftime(
-                    "%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - result.wall_s)
-                ),
-                "wall_s": round(result.wall_s, 1),
-                "ran": result.ran,
-                "skipped": result.skipped,
-                "failed": len(result.failed),
-                "cpus": os.cpu_count(),
-                "mean_load": round(sum(load) / len(load), 2),
-            }
-        )
-        timings.save()
+        entry["finished"] = True
+        record()
     return result
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: a worker whose grid process is killed outright (SIGKILL runs no
+    cleanup) ends too instead of computing references for nobody (Linux prctl)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _local_job(grid: Grid, cell: Cell) -> tuple[Callable[..., dict[str, Any]], tuple]:
@@ -601,9 +622,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM ends the grid like Ctrl-C: the SuperLink and workers are stopped and the
+    time so far is recorded (the `finally` blocks run)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     from experiments.compare_report import write_reports
 
+    signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     grid, is_default = build_grid(args)

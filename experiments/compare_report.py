@@ -741,7 +741,7 @@ def _penguins_targets(
             Target(
                 f"Penguins: {LABELS[method]} ({why}) ≥ Local on every island and task",
                 _status(ok) if checks else "n/a",
-                "; ".join(checks),
+                "; ".join(checks) or "rows missing",
             )
         )
         if method == DEFAULT_ALGORITHM:
@@ -1076,8 +1076,10 @@ def results_markdown(
         "",
         *[
             f"- {i['started']}: {_hms(i['wall_s'])}, {i['ran']} cells run, "
-            f"{i['skipped']} skipped, {i['failed']} failed; mean 1-minute load average "
-            f"{i.get('mean_load', '?')} on {i.get('cpus', '?')} cores (other work included)"
+            f"{i['skipped']} skipped, {i.get('failed', 0)} failed; mean 1-minute load average "
+            f"{i.get('mean_load') or '?'} on {i.get('cpus', '?')} cores (other work included)"
+            + ("" if i.get("finished", True) else " — interrupted")
+            + (f". {i['note']}" if i.get("note") else "")
             for i in inv
         ],
         "",

@@ -33,6 +33,24 @@ from common.config import STRING_KEYS, RunConfig, parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state"
+APP_PACKAGES = ("client", "common", "server")  # all that the ServerApp and ClientApp import
+APP_FILES = ("pyproject.toml", "README.md", ".gitignore")
+
+
+def stage_app(dest: Path, src: Path = REPO) -> Path:
+    """A copy of the app with only what it runs (`client/`, `common/`, `server/`,
+    pyproject.toml). `flwr run <dir>` walks and resolves every file under <dir> before it
+    filters them by .gitignore to build the FAB: in the repository that is the .venv, .state
+    and results (tens of thousands of files, seconds per submission); here a few dozen."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for package in APP_PACKAGES:
+        shutil.copytree(src / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in APP_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dest / name)
+    return dest
 
 
 def flower_env(state: Path = STATE) -> dict[str, str]:
@@ -138,7 +156,8 @@ class SimulationEngine:
                 outcome = engine.run(overrides)
     """
 
-    def __init__(self, app_dir: Path = REPO, cpus_per_client: int | float = 1) -> None:
+    def __init__(self, app_dir: Path | None = None, cpus_per_client: int | float = 1) -> None:
+        # None: submit a fresh slim copy of this repository's app for every run (`stage_app`).
         self.app_dir = app_dir
         self.cpus_per_client = cpus_per_client
         self.superlink: subprocess.Popen | None = None
@@ -166,7 +185,7 @@ class SimulationEngine:
                 "--disable-runtime-dependency-installation",
             ],
             env=self.env,
-            cwd=str(self.app_dir),
+            cwd=str(self.app_dir or REPO),  # relative paths in a run config resolve here
             stdout=self.superlink_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -184,6 +203,11 @@ class SimulationEngine:
             self.superlink = None
         self.superlink_log.close()
         shutil.rmtree(self.home, ignore_errors=True)
+
+    def app_path(self) -> Path:
+        """The directory to submit: the given one, or a fresh slim copy of the repository's
+        app (fresh per run, so edits between runs are picked up as `flwr run .` would)."""
+        return self.app_dir or stage_app(self.home / "app")
 
     def run(
         self,
@@ -215,7 +239,7 @@ class SimulationEngine:
         cmd = [
             "flwr",
             "run",
-            str(self.app_dir),
+            str(self.app_path()),
             "fedmtl-sim",
             "--stream",
             "--run-config",
@@ -237,7 +261,7 @@ class SimulationEngine:
 def run_simulation(
     overrides: dict[str, Any] | None = None,
     *,
-    app_dir: Path = REPO,
+    app_dir: Path | None = None,
     cpus_per_client: int | float = 1,
     echo: bool = True,
     timeout: float | None = None,

@@ -129,6 +129,7 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
         (r, m, s) for r in settings.correlations for m in settings.methods for s in settings.seeds
     ]
     values: dict[tuple[float, str, int], dict[str, tuple[str, float]]] = {}
+    run_seconds = 0.0
     with contextlib.ExitStack() as stack:
         if engine is None:
             engine = stack.enter_context(SimulationEngine())
@@ -136,6 +137,7 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
             tr = time.perf_counter()
             summary = run_one(engine, overrides(settings, r, m, s))
             values[(r, m, s)] = final_metrics(summary)
+            run_seconds += float(summary.get("wall_time_s") or 0.0)
             done = time.perf_counter() - t0
             print(
                 f"[{i}/{len(grid)}] ρ={r:g} {m} seed {s}: "
@@ -146,7 +148,7 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
             )
     wall = time.perf_counter() - t0
     table = build_table(values, settings)
-    write_report(table, settings, wall)
+    write_report(table, settings, wall, run_seconds)
     return {"values": values, "table": table, "wall_s": wall}
 
 
@@ -190,7 +192,10 @@ def _ms(v: Sequence[float], digits: int = 3) -> str:
 
 
 def write_report(
-    table: dict[float, dict[str, Any]], settings: StudySettings, wall_s: float
+    table: dict[float, dict[str, Any]],
+    settings: StudySettings,
+    wall_s: float,
+    run_seconds: float = 0.0,
 ) -> None:
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -204,9 +209,10 @@ def write_report(
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} (Python "
         f"{platform.python_version()}); "
-        f"{len(table) * len(settings.methods) * len(settings.seeds)} Flower simulations, "
-        f"wall time {wall_s / 60:.1f} min on a shared 2-core box "
-        "(finished runs are resumed).",
+        f"{len(table) * len(settings.methods) * len(settings.seeds)} Flower simulations on a "
+        f"shared 2-core box: {run_seconds / 60:.0f} min of server-side run time in all "
+        "(plus Flower's start-up, about 40 s per run here); this invocation took "
+        f"{wall_s / 60:.1f} min (finished runs are resumed).",
         "",
         "Settings: "
         + ", ".join(f"`{k}={v}`" for k, v in settings.base.items())
@@ -268,7 +274,8 @@ def write_report(
         "local epochs on ~70 % of `samples-per-client` examples per client is a short budget; "
         "each method runs with its default options, untuned.",
         "",
-        "Plot: `docs/weighting/final_metrics.png`.",
+        "Plot: `docs/weighting/final_metrics.png` (paired difference to ew per task, mean ± "
+        "std over seeds, drawn so that up is better).",
         "",
     ]
     settings.out.write_text("\n".join(lines))
@@ -276,33 +283,29 @@ def write_report(
 
 
 def write_plot(table: dict[float, dict[str, Any]], settings: StudySettings) -> None:
+    """Per ρ and task: each method's paired difference to ew (mean ± std over seeds), the
+    quantity the verdict is about; sign flipped for MAE so that up is better everywhere."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings.plots.mkdir(parents=True, exist_ok=True)
-    rows = len(table)
     tasks = next(iter(table.values()))["tasks"]
     fig, axes = plt.subplots(
-        rows, len(tasks), figsize=(3.0 * len(tasks), 2.8 * rows), squeeze=False
+        len(table), len(tasks), figsize=(3.0 * len(tasks), 2.8 * len(table)), squeeze=False
     )
     for row, (r, t) in zip(axes, table.items(), strict=True):
+        methods = list(t["diffs"])
         for ax, task in zip(row, t["tasks"], strict=True):
-            vals = [t["values"][m][task] for m in settings.methods]
-            ax.bar(
-                range(len(vals)),
-                [np.mean(v) for v in vals],
-                yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-                capsize=3,
-                color="tab:blue",
-            )
-            ax.set_xticks(range(len(vals)), settings.methods, fontsize=8)
-            ax.set_title(f"ρ={r:g} {task} ({t['metric'][task]})", fontsize=9)
-            lo = min(np.mean(v) for v in vals)
-            hi = max(np.mean(v) for v in vals)
-            pad = max(0.05 * abs(hi), hi - lo)
-            ax.set_ylim(lo - pad, hi + pad)
+            sign = 1.0 if t["metric"][task] == "accuracy" else -1.0
+            means = [sign * t["diffs"][m][task]["mean"] for m in methods]
+            stds = [t["diffs"][m][task]["std"] or 0.0 for m in methods]
+            ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue")
+            ax.axhline(0.0, color="black", lw=0.8)
+            ax.set_xticks(range(len(methods)), methods, fontsize=8)
+            better = "accuracy gain" if sign > 0 else "MAE reduction"
+            ax.set_title(f"ρ={r:g} {task}: {better} vs ew", fontsize=8)
             ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(settings.plots / "final_metrics.png", dpi=100)

@@ -49,6 +49,32 @@ def test_zero_copy_mean_equals_flowers_weighted_mean() -> None:
         np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_zero_copy_mean_keeps_shapes_and_dtypes() -> None:
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(0)
+    records = [
+        RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {
+                        "w": Array(rng.standard_normal((3, 4))),  # float64
+                        "n": Array(np.arange(6, dtype=np.int64).reshape(2, 3) * (i + 1)),
+                    }
+                ),
+                "metrics": MetricRecord({"num-examples": 1 + i}),
+            }
+        )
+        for i in range(3)
+    ]
+    expected = aggregate_arrayrecords(records, "num-examples")
+    got = aggregation.zero_copy_mean(records)
+    for key in ("w", "n"):
+        assert got[key].numpy().shape == expected[key].numpy().shape
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(3, 4), (7,), (2, 3, 5)])
 def test_array_view_reads_the_npy_payload_in_place(shape: tuple[int, ...]) -> None:
     a = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
@@ -203,14 +229,21 @@ def test_memory_sampler_sees_a_child_and_a_grandchild() -> None:
 
 
 def test_sampler_keeps_track_of_reparented_processes_and_ends_them() -> None:
-    # bash starts a background sleep and exits: the sleep is re-parented, out of the tree.
+    # bash starts a background sleep, waits until told, and exits: the sleep is re-parented,
+    # out of the tree.
     parent = subprocess.Popen(
-        ["bash", "-c", "sleep 30 & echo $!; sleep 0.5"], stdout=subprocess.PIPE, text=True
+        ["bash", "-c", "sleep 30 & echo $!; read line"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    assert parent.stdout is not None and parent.stdin is not None
     orphan = int(parent.stdout.readline())
     sampler = TreeSampler(parent.pid, measure=False)
     sampler.sample()
     assert orphan in sampler.tracked
+    parent.stdin.write("go\n")
+    parent.stdin.close()
     parent.wait()
     assert orphan not in descendants(parent.pid)
     assert sampler.leftovers() == [orphan]
@@ -325,4 +358,25 @@ def test_column_read_cost_compares_two_reads_of_the_same_partitions() -> None:
 
     got = column_read_cost(rows=2000, size=50, partitions=3)
     assert got["partitions_timed"] == 3
-    assert got["current_ms"] > 0 and got["proposed_ms"] > 0
+    assert got["lazy_ms"] > 0 and got["slice_ms"] > 0
+
+
+def test_per_round_table_uses_both_bracketing_bare_runs() -> None:
+    def bare(seconds: float) -> dict:
+        rounds = [
+            {"round": r, "seconds": seconds, "train_compute": seconds / 2, "eval_compute": 0.1}
+            for r in (1, 2, 3)
+        ]
+        return {"rounds": rounds}
+
+    flower = {
+        "warm_round_median_s": 1.0,
+        "round_seconds": [5.0, 1.0, 1.0],
+        "train_seconds": [4.0, 0.6, 0.6],
+    }
+    app = {"warm_overhead_s": 0.01, "warm_open_session_s": 0.02}
+    got = overhead.per_round_table(flower, [bare(0.8), bare(1.2)], app, 0.001, clients=6)
+    assert got["bare_round_s"] == pytest.approx(1.0)
+    assert got["client_compute_s"] == pytest.approx(0.6)
+    assert got["clientapp_bookkeeping_s"] == pytest.approx(6 * 0.01 + 6 * 0.02)
+    assert got["dispatch_s"] == pytest.approx(1.0 - 0.6 - 0.18 - 0.001)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -28,26 +27,13 @@ from experiments.launch import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROBE_APP = BENCH_DIR / "probe"
-APP_PACKAGES = ("client", "common", "server")  # all that the ServerApp and ClientApp import
-APP_FILES = ("pyproject.toml", "README.md", ".gitignore")
 
 
 def slim_app(dest: Path, repo: Path | None = None) -> Path:
-    """A copy of the app with only what it runs (`client/`, `common/`, `server/`,
-    pyproject.toml): `flwr run <dir>` walks the whole directory to build the FAB (the
-    repository's .venv, .state and results included), which a slim directory avoids."""
-    from experiments.launch import REPO
+    """The slim app copy the engines submit (`experiments.launch.stage_app`)."""
+    from experiments.launch import REPO, stage_app
 
-    src = repo or REPO
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for package in APP_PACKAGES:
-        shutil.copytree(src / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in APP_FILES:
-        if (src / name).exists():
-            shutil.copy2(src / name, dest / name)
-    return dest
+    return stage_app(dest, repo or REPO)
 
 
 ROUND_LINE = re.compile(r"fedmtl \| round\s+(\d+)/(\d+)")
@@ -260,7 +246,7 @@ def run_fedmtl(
     fed = federation_config(cfg.num_clients, cpus_per_client, **(federation_extra or {}))
     sub = submit(
         engine,
-        app_dir or engine.app_dir,
+        app_dir or engine.app_path(),
         overrides,
         fed,
         results_dir / "bench-flower.log",

@@ -40,9 +40,10 @@ def scale_config(num_clients: int, sampled: int, rounds: int, samples: int) -> d
 
 def column_read_cost(rows: int = 500_000, size: int = 500, partitions: int = 40) -> dict:
     """Per partition, what `common.federation.partition_indices` pays to turn a partition's
-    `idx` column into numpy: `np.asarray(ds["idx"])` (today: datasets 4 hands back a lazy
-    Column that numpy walks row by row, formatting each row) vs `np.asarray(ds["idx"][:])`
-    (one slice: a list). Same selects as a Dirichlet partition, interleaved, identical output.
+    `idx` column into numpy: `np.asarray(ds["idx"])` (how it read it before: datasets 4 hands
+    back a lazy Column that numpy walks row by row, formatting each row) vs
+    `np.asarray(ds["idx"][:])` (one slice: a list; what it does now). Same selects as a
+    Dirichlet partition, interleaved, identical output.
     """
     import numpy as np
     from datasets import Dataset
@@ -50,7 +51,7 @@ def column_read_cost(rows: int = 500_000, size: int = 500, partitions: int = 40)
     table = Dataset.from_dict({"idx": np.arange(rows), "label": np.arange(rows) % 10})
     rng = np.random.default_rng(0)
     picks = [np.sort(rng.choice(rows, size, replace=False)) for _ in range(partitions)]
-    times: dict[str, list[float]] = {"current": [], "proposed": []}
+    times: dict[str, list[float]] = {"lazy": [], "slice": []}
     for pick in picks:
         part = table.select(pick)
         t0 = time.perf_counter()
@@ -60,14 +61,14 @@ def column_read_cost(rows: int = 500_000, size: int = 500, partitions: int = 40)
         t2 = time.perf_counter()
         if not (np.array_equal(a, pick) and np.array_equal(b, pick)):
             raise AssertionError("the two reads disagree")
-        times["current"].append(t1 - t0)
-        times["proposed"].append(t2 - t1)
+        times["lazy"].append(t1 - t0)
+        times["slice"].append(t2 - t1)
     return {
         "rows": rows,
         "partition_size": size,
         "partitions_timed": partitions,
-        "current_ms": 1000 * median(times["current"]),
-        "proposed_ms": 1000 * median(times["proposed"]),
+        "lazy_ms": 1000 * median(times["lazy"]),
+        "slice_ms": 1000 * median(times["slice"]),
     }
 
 
@@ -108,6 +109,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             sample_memory=True,
             timeout=2400,
         )
+        if not main.ok:
+            raise RuntimeError(f"scale main run failed ({main.sub.status}); see {main.results_dir}")
         runs["main"] = round_times(main)
         final = main.rounds[-1] if main.rounds else {}
         runs["main"]["final_full_evaluation_s"] = float(final.get("seconds", 0.0)) - float(
@@ -127,6 +130,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 sample_memory=True,
                 timeout=2400,
             )
+            if len(r.rounds) < 3:
+                raise RuntimeError(
+                    f"sweep run {k}/round failed ({r.sub.status}); see {r.results_dir}"
+                )
             runs[f"sampled-{k}"] = round_times(r)
             ctx.log(
                 f"scale: {k}/round: warm round {runs[f'sampled-{k}']['warm_train_median_s']:.2f}s"
