@@ -161,6 +161,28 @@ def proximal_hook(
     return hook
 
 
+def fedrep_body_hook(
+    model: MultiTaskModel, cfg: RunConfig, then: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """FedRep's body phase clips the encoder's gradient norm to `fedrep-max-grad-norm`.
+
+    The heads were just fitted to the frozen encoder, so the encoder's loss is sharp there (a
+    regression head fitted on weak features has a high gain): unclipped, a client's step
+    overshoots and kills ReLU units, and averaging hands the dead units to every client.
+    Measured on MultiDigits (α = 0.5, 10 rounds, bare loop): without it the averaged encoder
+    had 39 % / 64 % dead units and FedRep stayed at majority-class accuracy."""
+    if cfg.fedrep_max_grad_norm <= 0:
+        return then
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+
+    def hook() -> None:
+        if then is not None:
+            then()
+        torch.nn.utils.clip_grad_norm_(params, cfg.fedrep_max_grad_norm)
+
+    return hook
+
+
 @torch.no_grad()
 def evaluate(
     model: MultiTaskModel, split: Split, tasks: Sequence[TaskSpec]
@@ -223,7 +245,9 @@ def local_round(
     hook = proximal_hook(model, anchor, proximal_mu) if proximal_mu > 0 else None
     extra = list(weighting.parameters())
 
-    def run(epochs: int, loss_fn: LossFn = task_losses) -> TrainStats:
+    def run(
+        epochs: int, loss_fn: LossFn = task_losses, grad_hook: Callable[[], None] | None = hook
+    ) -> TrainStats:
         return train_epochs(
             model,
             data.train,
@@ -232,14 +256,14 @@ def local_round(
             epochs=epochs,
             generator=gen,
             loss_fn=loss_fn,
-            grad_hook=hook,
+            grad_hook=grad_hook,
             extra_params=extra,
         )
 
     if algorithm.schedule == "fedrep":
         train_heads(model, data, cfg, cfg.fedrep_head_epochs, gen)
         with frozen(model.heads, model.gates):
-            return run(cfg.fedrep_body_epochs)
+            return run(cfg.fedrep_body_epochs, grad_hook=fedrep_body_hook(model, cfg, hook))
     if algorithm.schedule == "fedrod":
         return run(cfg.local_epochs, fedrod_losses)
     stats = run(cfg.local_epochs)

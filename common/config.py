@@ -118,7 +118,12 @@ class RunConfig:
     nash_max_norm: float = _key(1.0, low=0.0, low_open=True)
     shared_layers: int = _key(0, low=0, doc="share only the first k encoder blocks; 0: all")
     fedrep_head_epochs: int = _key(2, low=0, doc="fedrep: head epochs, encoder frozen")
-    fedrep_body_epochs: int = _key(1, low=0, doc="fedrep: encoder epochs, heads frozen")
+    fedrep_body_epochs: int = _key(
+        3, low=0, doc="fedrep: encoder epochs, heads frozen (local-epochs' default: same budget)"
+    )
+    fedrep_max_grad_norm: float = _key(
+        1.0, low=0.0, doc="fedrep: clip the encoder's gradient norm in the body phase; 0: off"
+    )
     finetune_epochs: int = _key(2, low=1, doc="fedavg-ft: head fine-tuning before evaluation")
     ditto_lambda: float = _key(0.1, low=0.0, doc="ditto: pull of the personal encoder")
     proximal_mu: float = _key(0.01, low=0.0, doc="fedprox: proximal term μ/2‖w−w_g‖²")
@@ -175,7 +180,8 @@ class RunConfig:
 
     def digest(self) -> str:
         """Hash of what determines the training; a checkpoint resumes only under the same.
-        Names, paths, the round count (a resumed run may go further) and reporting are out."""
+        Names, paths, the round count (a resumed run may go further) and reporting are out,
+        and so are the settings of algorithms and weightings the config does not select."""
         ignored = (
             "run-name",
             "results-dir",
@@ -187,7 +193,9 @@ class RunConfig:
             "fraction-evaluate",
             "state-dir",
         )
-        d = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        values = self.to_dict()
+        skip = set(ignored) | inactive_method_keys(values)
+        d = {k: v for k, v in values.items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -226,6 +234,43 @@ class ConfigError(ValueError):
 
 
 _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunConfig)}
+
+
+# Keys that only one algorithm or weighting reads (selector key, method).
+_METHOD_KEYS: dict[str, tuple[str, str]] = {
+    "static-weights": ("weighting", "static"),
+    "dwa-temperature": ("weighting", "dwa"),
+    "gradnorm-alpha": ("weighting", "gradnorm"),
+    "gradnorm-lr": ("weighting", "gradnorm"),
+    "mgda-normalize": ("weighting", "mgda"),
+    "cagrad-c": ("weighting", "cagrad"),
+    "cagrad-rescale": ("weighting", "cagrad"),
+    "nash-max-norm": ("weighting", "nash"),
+    "fedrep-head-epochs": ("algorithm", "fedrep"),
+    "fedrep-body-epochs": ("algorithm", "fedrep"),
+    "fedrep-max-grad-norm": ("algorithm", "fedrep"),
+    "finetune-epochs": ("algorithm", "fedavg-ft"),
+    "ditto-lambda": ("algorithm", "ditto"),
+}
+
+
+def inactive_method_keys(values: Mapping[str, Any]) -> set[str]:
+    """The method-specific keys that the selected algorithm and weighting never read, so a
+    new or changed FedRep setting does not make a finished FedPer run look different."""
+    return {k for k, (sel, method) in _METHOD_KEYS.items() if values.get(sel) != method}
+
+
+def same_training(recorded: Mapping[str, Any], cfg: RunConfig) -> bool:
+    """Whether a run recorded with config `recorded` (summary.json's `config`, written by
+    any earlier version) trained as `cfg` would: both read by today's code, keys it no
+    longer knows dropped, keys added since at their defaults; compared by `digest`."""
+    known = {k: v for k, v in recorded.items() if k in _FIELDS}
+    try:
+        return parse_run_config(known).digest() == cfg.digest()
+    except ConfigError:
+        return False
+
+
 STRING_KEYS = frozenset(k for k, f in _FIELDS.items() if isinstance(f.default, str))
 
 

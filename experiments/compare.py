@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import CHOICES, RunConfig, parse_run_config
+from common.config import CHOICES, RunConfig, inactive_method_keys, parse_run_config
 from common.storage import atomic_write_json
 from experiments.launch import REPO, SimulationEngine, parse_overrides
 from experiments.references import (
@@ -272,9 +272,11 @@ def same_config(recorded: dict[str, Any], expected: dict[str, Any]) -> bool:
     """Whether a finished cell was computed under the config the grid asks for. Other work
     adds run-config keys over time: a key one side lacks counts as its default, a key the
     code no longer has is ignored, and `fraction-evaluate` does not matter when every round
-    is a full evaluation (eval-every 1)."""
+    is a full evaluation (eval-every 1), nor do the settings of an algorithm or weighting the
+    cell does not use (`inactive_method_keys`)."""
     defaults = RunConfig().to_dict()
-    for k in (set(recorded) | set(expected)) - set(NOT_COMPARED):
+    skip = set(NOT_COMPARED) | inactive_method_keys(expected)
+    for k in (set(recorded) | set(expected)) - skip:
         if k not in expected and k not in defaults:
             continue
         if k == "fraction-evaluate" and expected.get("eval-every") == 1:

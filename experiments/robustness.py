@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import parse_run_config
+from common.config import parse_run_config, same_training
 from common.storage import atomic_write_bytes, atomic_write_json
 from experiments.launch import REPO, SimulationEngine, parse_overrides
 
@@ -157,12 +157,6 @@ def read_summary(results_dir: Path, cell: Cell) -> dict[str, Any] | None:
         return None
 
 
-# Keys that do not change what a cell trains or measures (as in RunConfig.digest).
-NOT_TRAINING = frozenset(
-    {"run-name", "results-dir", "resume", "round-timeout", "audit-received", "fraction-evaluate"}
-)
-
-
 def diverged(summary: dict[str, Any]) -> bool:
     """The run stopped because the model blew up: every reply non-finite (`RoundFailed`).
     That is the attack's outcome, not a harness failure: rerunning the seed repeats it."""
@@ -178,10 +172,12 @@ def is_done(cell: Cell, base: dict[str, Any], results_dir: Path) -> bool:
     if not summary or not (summary.get("status") == "completed" or diverged(summary)):
         return False
     stored = summary.get("config", {})
-    wanted = parse_run_config(cell.overrides(base, results_dir)).to_dict()
-    if any(k not in stored for k in cell.overrides(base, results_dir)):
-        return False
-    return all(stored[k] == v for k, v in wanted.items() if k in stored and k not in NOT_TRAINING)
+    cfg = parse_run_config(cell.overrides(base, results_dir))
+    return (
+        same_training(stored, cfg)
+        and stored.get("num-server-rounds") == cfg.num_server_rounds
+        and stored.get("eval-every", 1) == cfg.eval_every
+    )
 
 
 def honest_accuracy(summary: dict[str, Any], attackers: int) -> float | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import parse_run_config
+from common.config import parse_run_config, same_training
 from experiments.launch import REPO, SimulationEngine
 
 METHODS = ("ew", "pcgrad", "mgda", "cagrad")
@@ -88,7 +88,7 @@ def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> dict[str, Any]:
         summary = json.loads(path.read_text())
         if (
             summary.get("status") == "completed"
-            and summary["config"].get("digest") == cfg.digest()
+            and same_training(summary["config"], cfg)
             and summary.get("final_round") == cfg.num_server_rounds
         ):
             return summary

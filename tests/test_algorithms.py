@@ -117,6 +117,28 @@ def test_fedrep_head_phase_leaves_the_encoder_unchanged() -> None:
     assert all(p.requires_grad for p in model.encoder.parameters()), "encoder left frozen"
 
 
+def test_fedrep_body_phase_clips_the_encoder_gradient() -> None:
+    from client.train import fedrep_body_hook
+
+    cfg = parse_run_config({"samples-per-client": 100, "fedrep-max-grad-norm": 0.5})
+    data = load_client_data(cfg, 0, 6)
+    model = build_model(cfg, data.tasks, data.input_shape)
+    out = model(torch.from_numpy(data.train.x))
+    (1e3 * sum(o.square().mean() for o in out.values())).backward()  # a steep loss
+
+    def grad_norm() -> float:
+        norms = [p.grad.norm() for p in model.encoder.parameters()]
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+    assert grad_norm() > 0.5
+    hook = fedrep_body_hook(model, cfg, None)
+    assert hook is not None
+    hook()
+    assert grad_norm() == pytest.approx(0.5, rel=1e-4)
+    off = parse_run_config({"fedrep-max-grad-norm": 0.0})
+    assert fedrep_body_hook(model, off, None) is None
+
+
 def test_mmoe_gates_are_private_and_experts_shared() -> None:
     from common.algorithms import get_algorithm
     from common.records import model_shared_keys, model_task_keys

@@ -76,3 +76,28 @@ def test_digest_ignores_names_but_not_hyperparameters() -> None:
     a = parse_run_config({"run-name": "x"})
     assert a.digest() == parse_run_config({"run-name": "y"}).digest()
     assert a.digest() != parse_run_config({"lr": 0.01}).digest()
+
+
+def test_digest_ignores_settings_of_methods_the_config_does_not_select() -> None:
+    """A FedRep or CAGrad setting changed later does not make a finished FedPer run stale."""
+    base = parse_run_config({"algorithm": "fedper", "weighting": "ew"})
+    for key, value in (("fedrep-body-epochs", 7), ("cagrad-c", 0.9), ("ditto-lambda", 2.0)):
+        assert parse_run_config({"algorithm": "fedper", key: value}).digest() == base.digest()
+    fedrep = parse_run_config({"algorithm": "fedrep"})
+    assert parse_run_config({"algorithm": "fedrep", "fedrep-body-epochs": 7}).digest() != (
+        fedrep.digest()
+    )
+    cagrad = parse_run_config({"weighting": "cagrad"})
+    assert parse_run_config({"weighting": "cagrad", "cagrad-c": 0.9}).digest() != cagrad.digest()
+
+
+def test_same_training_reads_a_recorded_config_with_todays_keys() -> None:
+    from common.config import same_training
+
+    cfg = parse_run_config({"lr": 0.02, "run-name": "a"})
+    recorded = {**cfg.to_dict(), "digest": "old", "a-key-removed-since": 1}
+    del recorded["tau"]  # a key added since: its default
+    assert same_training(recorded, cfg)
+    assert same_training({**recorded, "results-dir": "/elsewhere"}, cfg)
+    assert not same_training({**recorded, "lr": 0.05}, cfg)
+    assert not same_training({**recorded, "lr": -1}, cfg)  # invalid today: not the same

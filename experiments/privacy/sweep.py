@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from client.state import read_state_files
 from client.train import build_model, build_weighting, evaluate, local_round
 from common.algorithms import get_algorithm
-from common.config import ConfigError, RunConfig, parse_run_config
+from common.config import ConfigError, RunConfig, parse_run_config, same_training
 from common.datasets import dataset_tasks, multidigits
 from common.federation import ClientData, Split, load_client_data
 from common.models import MultiTaskModel
@@ -746,7 +746,7 @@ def run_cell(engine: SimulationEngine, cell: Cell, settings: Settings) -> dict[s
     fresh = (
         summary is not None
         and summary.get("status") == "completed"
-        and summary["config"].get("digest") == cfg.digest()
+        and same_training(summary["config"], cfg)
         and summary.get("final_round") == cfg.num_server_rounds
     )
     if fresh and record_path.exists():
