@@ -51,7 +51,10 @@ from experiments.references import federation_clients
 from server.results import LAST_K, read_metrics
 
 RowKey = tuple[str, str, str, str]  # setting, method, weighting, strategy
-FED_MTL = ("fedper", "fedrep", "ditto", "fedrod")  # personalised federated MTL algorithms
+# Personalised federated MTL algorithms: the candidates for "the best federated MTL".
+FED_MTL = ("fedavg-ft", "fedper", "fedrep", "ditto", "fedrod")
+# Those whose task heads never leave the client (the product's default premise).
+PRIVATE_HEADS = ("fedper", "fedrep", "ditto")
 DEFAULT_ALGORITHM = "fedper"  # the run config's default (pyproject)
 CSV_COLUMNS = (
     "setting",
@@ -541,8 +544,8 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
         a = agg.get(default_key(grid, setting, method))
         return a.cell[col] if a else None
 
-    def best_fed(setting: str) -> str | None:
-        cands = [(cell(setting, m, "val_mean_cls_acc"), m) for m in FED_MTL]
+    def best_fed(setting: str, among: tuple[str, ...] = FED_MTL) -> str | None:
+        cands = [(cell(setting, m, "val_mean_cls_acc"), m) for m in among]
         cands = [(v[0], m) for v, m in cands if v and v[2] and math.isfinite(v[0])]
         return max(cands)[1] if cands else None
 
@@ -579,6 +582,20 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
                 f"{LABELS[best]} Δm {fmt(dm, 'delta')} %",
             ),
         ]
+        private = best_fed(s, PRIVATE_HEADS)
+        if private:
+            p = _pts(cell(s, private, "mean_cls_acc"))
+            pdm = cell(s, private, "delta_m")
+            out.append(
+                Target(
+                    "Supplementary, heads never leave the client: best of "
+                    f"{', '.join(LABELS[m] for m in PRIVATE_HEADS)} (on validation) ≥ Local + 3 "
+                    "points, ≥ FedAvg, Δm < 0",
+                    _status(p - loc >= 3 and p >= avg and pdm is not None and pdm[0] < 0, p),
+                    f"{acc(s, private)} vs {acc(s, 'local')}: {pts(p - loc)}; vs "
+                    f"{acc(s, 'fedavg')}: {pts(p - avg)}; Δm {fmt(pdm, 'delta')} %",
+                )
+            )
     else:
         out.append(Target("MultiDigits α=0.5 targets", "n/a", "setting or rows not in this grid"))
     s5 = "multidigits-a5"
@@ -998,7 +1015,9 @@ SETUP = """\
   against local single-task with the same seed (lower is better).
 - Selection: no model or round selection; the headline is the final round. Where a target
   names the *best* federated MTL algorithm ({fed_mtl}), it is chosen on the validation splits'
-  mean classification accuracy, never on test.
+  mean classification accuracy, never on test. FedAvg-FT and FedRoD send task heads to the
+  server (FedRoD its generic heads); a supplementary target repeats the α=0.5 check over the
+  algorithms whose heads never leave the client ({private_heads}).
 - Parameters: per client, mean over clients. *Shared* = what travels each round (encoder;
   heads under FedAvg; generic heads under FedRoD); *private* = what a client keeps (its heads;
   Ditto's whole personal model; FedAvg-FT's fine-tuned heads are a throw-away copy). Bytes per
@@ -1062,7 +1081,10 @@ def results_markdown(
         f"{cfg.lr:g}, momentum {cfg.momentum:g}. Overrides of the run-config defaults for all "
         f"cells: {', '.join(f'`{k}={v}`' for k, v in grid.common.items()) or 'none'}."
         + (f" Why: {SUITE_NOTE}" if grid.name == "default" else ""),
-        SETUP.format(fed_mtl=", ".join(LABELS[m] for m in FED_MTL)),
+        SETUP.format(
+            fed_mtl=", ".join(LABELS[m] for m in FED_MTL),
+            private_heads=", ".join(LABELS[m] for m in PRIVATE_HEADS),
+        ),
         "## Targets",
         "",
         *md_header("target", "status", "numbers"),

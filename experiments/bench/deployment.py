@@ -137,10 +137,11 @@ def _deploy_run(
     overrides: dict[str, Any],
     *,
     insecure: bool,
-    app_dir: Path = REPO,
+    app_dir: Path | None = None,
     env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start a LocalDeployment, submit the app once (from `app_dir`), time it, stop it."""
+    """Start a LocalDeployment, submit the app once (from `app_dir`, default a slim copy as
+    `LocalDeployment.submit` uses), time it, stop it."""
     from deploy.local import CONNECTION, LocalDeployment
 
     ctx.log(f"deployment: {tag}")
@@ -165,7 +166,8 @@ def _deploy_run(
                 (res_dir / stale).unlink(missing_ok=True)
             conf = dep.home / f"bench-run-config-{tag}.toml"
             conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
-            cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(conf)]
+            app = app_dir or slim_app(dep.home / "app")
+            cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(conf)]
             _, wall, _, _ = stream_timed(
                 cmd, dep.cli_env(), dep.logs / f"bench-{tag}.log", timeout=900
             )
