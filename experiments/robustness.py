@@ -222,10 +222,9 @@ def _cell_wall(run_dir: Path, summary: dict[str, Any]) -> float | None:
 
 
 def lost_clients(summary: dict[str, Any], num_clients: int, attackers: int) -> int:
-    """Honest clients missing from the final evaluation: a client whose local training went
-    non-finite keeps failing (its replies are rejected, its evaluation errors) and is left
-    out of `per_client`, so the accuracy mean is over the survivors; count them instead of
-    hiding them."""
+    """Honest clients missing from the final evaluation (a client whose model is non-finite
+    at the end is left out of `per_client`, so the accuracy mean is over the survivors);
+    count them instead of hiding them."""
     present = {int(c) for c in summary.get("per_client", {})}
     return sum(1 for c in range(attackers, num_clients) if c not in present)
 
@@ -424,10 +423,11 @@ def render(
         "(which is over the other seeds) and is not rerun on resume. *failed*/*missing*: "
         "a harness problem or not yet run; those are rerun.",
         "- *lost*: honest clients (summed over seeds) with no final evaluation because their "
-        "own model went non-finite during local training; a lost client keeps failing for "
-        "the rest of the run (`client/` saves its non-finite private state), and the mean is "
-        "over the clients left. A defence with lost clients or diverged seeds in a column is "
-        "not a candidate for *best* in the verdict.",
+        "own model went non-finite during local training, and the mean is over the clients "
+        "left. Runs made before the client refused non-finite rounds (commit 47ac58f) saved "
+        "that state and kept failing for the rest of the run; since then such a client "
+        "loses the round and trains on from its last finite state. A defence with lost "
+        "clients or diverged seeds in a column is not a candidate for *best* in the verdict.",
         "- Each row measures one mechanism: the default reply check `max-update-ratio = 10` "
         "is off (0) in every row but the norm-bounded one. Malformed replies (keys, shapes, "
         "dtypes, NaN) are rejected by `server/validation.py` in every row regardless.",
