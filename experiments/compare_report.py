@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import platform
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -613,7 +614,8 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
         Target(
             "Check: FedRoD vs FedAvg at α=5 (≥ FedAvg − 0.5 points?)",
             _status(r5 >= a5 - 0.5, r5, a5),
-            f"{acc(s5, 'fedrod')} vs {acc(s5, 'fedavg')}: {pts(r5 - a5)}",
+            f"{acc(s5, 'fedrod')} vs {acc(s5, 'fedavg')}: {pts(r5 - a5)}; "
+            f"{paired_difference(collected, s5, 'fedrod', 'fedavg')}",
         )
     )
     s01 = "multidigits-a0.1"
@@ -622,7 +624,8 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
         Target(
             "Check: FedRoD vs FedPer at α=0.1 (FedRoD ≥ FedPer?)",
             _status(r01 >= p01, r01, p01),
-            f"{acc(s01, 'fedrod')} vs {acc(s01, 'fedper')}: {pts(r01 - p01)}; Δm FedRoD "
+            f"{acc(s01, 'fedrod')} vs {acc(s01, 'fedper')}: {pts(r01 - p01)}; "
+            f"{paired_difference(collected, s01, 'fedrod', 'fedper')}; Δm FedRoD "
             f"{fmt(cell(s01, 'fedrod', 'delta_m'), 'delta')} vs "
             f"FedPer {fmt(cell(s01, 'fedper', 'delta_m'), 'delta')}",
         )
@@ -691,6 +694,27 @@ def _status(ok: bool, *values: float) -> str:
     if any(not math.isfinite(v) for v in values):
         return "n/a"
     return "met" if ok else "missed"
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def paired_difference(collected: Collected, setting: str, a: str, b: str) -> str:
+    """Mean classification accuracy of `a` minus `b`, paired by seed (same data and
+    initialisation), in points: mean ± sample std over the seeds both finished."""
+    by_seed: dict[str, dict[int, float]] = {a: {}, b: {}}
+    for r in collected.rows:
+        value = r.get("mean_cls_acc")
+        if r["setting"] == setting and r["method"] in by_seed and _finite(value):
+            by_seed[r["method"]][int(r["seed"])] = 100 * float(value)
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    diffs = [by_seed[a][k] - by_seed[b][k] for k in seeds]
+    if not diffs:
+        return "paired by seed: n/a"
+    std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+    per = ", ".join(f"{d:+.1f}" for d in diffs)
+    return f"paired by seed {per}: {statistics.mean(diffs):+.1f} ± {std:.1f} points"
 
 
 def _fedrod_default(grid: Grid, agg: dict[RowKey, Aggregate], cell: Callable) -> Target:
