@@ -42,3 +42,19 @@ def test_failed_run_exits_non_zero_with_the_reason(tmp_path, capsys) -> None:
     assert main(_args(tmp_path, attack="nan", attackers=3)) == 1
     err = capsys.readouterr().err
     assert "run FAILED" in err and "non-finite" in err
+
+
+def test_the_engine_submits_a_slim_fresh_copy_of_the_app(tmp_path) -> None:
+    """`flwr run <dir>` walks every file under <dir> for the FAB: the engine submits only
+    the packages the apps import, copied again for every run so edits are picked up."""
+    from experiments.launch import REPO, SimulationEngine, stage_app
+
+    app = stage_app(tmp_path / "app")
+    assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]
+    assert (app / "pyproject.toml").read_text() == (REPO / "pyproject.toml").read_text()
+    assert not list(app.rglob("__pycache__"))
+    (app / "client" / "stale.py").write_text("")
+    engine = SimulationEngine()
+    engine.home = tmp_path  # app_path() stages under the engine's FLWR_HOME
+    assert engine.app_path() == app and not (app / "client" / "stale.py").exists()
+    assert SimulationEngine(app_dir=REPO).app_path() == REPO
