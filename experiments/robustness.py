@@ -71,7 +71,7 @@ NOTES: dict[str, str] = {
     "bulyan": "`num-malicious = 1`: n ≥ 4f + 3 allows no more with 10 clients, so it faces "
     "twice the attackers it is configured for",
 }
-DEFAULT_ATTACKS = ("sign-flip:10",)
+DEFAULT_ATTACKS = ("sign-flip:10", "scale:10", "label-flip")
 
 
 @dataclass(frozen=True)
