@@ -181,8 +181,9 @@ def test_report_only_writes_the_doc_and_the_plot(tmp_path: Path) -> None:
         fake_summary(cell, tmp_path, {2: 0.7, 3: 0.7})
     out, plot = tmp_path / "ROBUSTNESS.md", tmp_path / "fig" / "acc.png"
     overrides = [x for k, v in BASE.items() for x in ("-c", f"{k}={v}")]
-    argv = ["--seeds", "0", "--defences", "fedavg", "--results-dir", str(tmp_path)]
-    argv += [*overrides, "--out", str(out), "--plot", str(plot), "--report-only"]
+    argv = ["--seeds", "0", "--defences", "fedavg", "--attacks", "sign-flip:10"]
+    argv += ["--results-dir", str(tmp_path), *overrides]
+    argv += ["--out", str(out), "--plot", str(plot), "--report-only"]
     assert rb.main(argv) == 0
     text = out.read_text()
     assert text.startswith("# Robustness to Byzantine clients")
