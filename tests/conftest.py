@@ -6,6 +6,7 @@ first use and stopped, with everything it started, when the session ends.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ def engine() -> SimulationEngine:
     global _engine
     if _engine is None:
         _engine = SimulationEngine().__enter__()
+        # Test modules import this file as `tests.conftest`, pytest loads it as `conftest`:
+        # two copies, two engines, and the session fixture below only sees its own. The
+        # other copy's SuperLink is stopped at exit (stopping twice is harmless).
+        atexit.register(_engine.__exit__, None, None, None)
     return _engine
 
 
