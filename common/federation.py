@@ -112,6 +112,9 @@ def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, 
 
     table = Dataset.from_dict({"idx": np.arange(len(pool)), "label": pool.partition_by})
     if cfg.partitioner == "iid":
+        # IidPartitioner cuts contiguous shards, and files are often sorted (Penguins' CSV is
+        # by species): shuffle with the run seed first, as `FederatedDataset` does by default.
+        table = table.shuffle(seed=cfg.seed)
         partitioner = IidPartitioner(num_partitions=num_partitions)
     elif cfg.partitioner == "dirichlet":
         partitioner = DirichletPartitioner(
