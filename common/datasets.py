@@ -27,16 +27,17 @@ class Pool:
     """All examples of a dataset before partitioning.
 
     `partition_by` is the label that Dirichlet/shard partitioners skew (e.g. the left digit);
-    `holdout` marks examples reserved for the clients' test splits (MultiDigits builds its
-    test pairs from a separate pool of digit images so no image is both trained and tested);
-    `natural_group` is a natural client id where the data have one (Penguins' islands).
+    `fixed_split`, where a dataset decides it, is the split of every example (TRAIN, VAL or
+    TEST): MultiDigits builds each split's pairs from its own pool of digit images, so no
+    image is in two splits; `natural_group` is a natural client id where the data have one
+    (Penguins' islands).
     """
 
     x: np.ndarray
     y: dict[str, np.ndarray]
     tasks: list[TaskSpec]
     partition_by: np.ndarray
-    holdout: np.ndarray | None = None
+    fixed_split: np.ndarray | None = None
     natural_group: np.ndarray | None = None
     group_names: list[str] = field(default_factory=list)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
@@ -53,6 +54,8 @@ class Pool:
         return len(self.x)
 
 
+# Values of `Pool.fixed_split`.
+TRAIN, VAL, TEST = 0, 1, 2
 SYNTH_INPUT_DIM = 16
 MULTIDIGITS_TASKS = [
     TaskSpec("left", "multiclass", 10),
@@ -63,62 +66,117 @@ MULTIDIGITS_TASKS = [
 ]
 
 
-def multidigits(num_examples: int, seed: int, test_fraction: float = 0.15) -> Pool:
+def multidigits(
+    num_examples: int, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> Pool:
     """Pairs of 8x8 digits side by side on an 8x16 canvas.
 
-    The digit images are split into a training pool and a test pool first, then pairs are
-    built within each pool. Tasks: left digit, right digit, sum (regression), parity of the
-    sum, and whether both digits are equal (imbalanced, about 10 % positive).
+    The digit images are split into train, validation and test pools first (stratified by
+    digit, fixed by the seed alone), and each pair is built within one pool and keeps that
+    pool's split, so no image is in two splits: selection on validation never sees a
+    training image, and test images are unseen by both. Each left digit gets its split shares
+    (about 70/15/15). Tasks: left digit, right digit, sum (regression), parity of the sum,
+    and whether both digits are equal (imbalanced, about 19 % positive).
     """
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
+    image_split = _split_images(labels, val_fraction, test_fraction, seed)
     rng = np.random.default_rng(seed)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed
-    )
-    n_test = round(num_examples * test_fraction)
-    parts = [
-        _digit_pairs(images, labels, train_idx, num_examples - n_test, rng),
-        _digit_pairs(images, labels, test_idx, n_test, rng),
-    ]
-    x = np.concatenate([p[0] for p in parts])
-    left = np.concatenate([p[1] for p in parts])
-    right = np.concatenate([p[2] for p in parts])
-    holdout = np.concatenate([np.zeros(len(parts[0][0]), bool), np.ones(len(parts[1][0]), bool)])
-    y = {
-        "left": left,
-        "right": right,
-        "sum": (left + right).astype(np.float32),
-        "parity": (left + right) % 2,
-        "equal": (left == right).astype(np.int64),
-    }
-    # Interleave the two pools so that partitioners, which cut each label's examples into
-    # contiguous runs, give every client its share of holdout (test) pairs.
-    order = rng.permutation(len(x))
+    left = rng.choice(labels, size=num_examples)  # the digit frequencies of the image set
+    split = _stratified_marks(left, val_fraction, test_fraction, rng)
+    order = _spread_splits(left, split, rng)
+    left, split = left[order], split[order]
+    a = np.empty(num_examples, np.int64)
+    b = np.empty(num_examples, np.int64)
+    for mark in (TRAIN, VAL, TEST):
+        rows = np.flatnonzero(split == mark)
+        a[rows], b[rows] = _digit_pairs(
+            labels, np.flatnonzero(image_split == mark), left[rows], rng
+        )
+    right = labels[b]
     return Pool(
-        x=x[order],
-        y={t: v[order] for t, v in y.items()},
+        x=np.concatenate([images[a], images[b]], axis=2),  # (n, 8, 16)
+        y={
+            "left": left,
+            "right": right,
+            "sum": (left + right).astype(np.float32),
+            "parity": (left + right) % 2,
+            "equal": (left == right).astype(np.int64),
+        },
         tasks=list(MULTIDIGITS_TASKS),
-        partition_by=left[order],
-        holdout=holdout[order],
+        partition_by=left,
+        fixed_split=split,
     )
+
+
+def _split_images(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """TRAIN, VAL or TEST for every digit image, stratified by digit. A function of the seed
+    alone (not of the pool size), so federations of any size built with one seed share it."""
+    from sklearn.model_selection import train_test_split
+
+    ids = np.arange(len(labels))
+    held_fraction = val_fraction + test_fraction
+    _, held = train_test_split(ids, test_size=held_fraction, stratify=labels, random_state=seed)
+    _, test = train_test_split(
+        held, test_size=test_fraction / held_fraction, stratify=labels[held], random_state=seed
+    )
+    split = np.full(len(labels), TRAIN, np.int8)
+    split[held] = VAL
+    split[test] = TEST
+    return split
+
+
+def _stratified_marks(
+    label: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """TRAIN, VAL or TEST for every pair: each label gets its rounded validation and test
+    shares."""
+    split = np.full(len(label), TRAIN, np.int8)
+    for value in np.unique(label):
+        members = rng.permutation(np.flatnonzero(label == value))
+        n_val, n_test = round(val_fraction * len(members)), round(test_fraction * len(members))
+        split[members[:n_val]] = VAL
+        split[members[n_val : n_val + n_test]] = TEST
+    return split
+
+
+def _spread_splits(label: np.ndarray, split: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An order of the pairs in which each label's train, validation and test pairs are spread
+    evenly (and the labels interleaved).
+
+    Flower's Dirichlet and shard partitioners give a client contiguous runs of each label's
+    examples in pool order; with each split evenly spaced along every label, any run holds the
+    split shares to within about one pair per split, so every client gets about 70/15/15 of
+    each of its labels. Each (label, split) group is shuffled and placed at evenly spaced
+    positions in [0, 1) with a random phase; sorting by position merges the groups.
+    """
+    position = np.empty(len(label))
+    for value, mark in np.unique(np.stack([label, split], axis=1), axis=0):
+        members = rng.permutation(np.flatnonzero((label == value) & (split == mark)))
+        position[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(position, kind="stable")
 
 
 def _digit_pairs(
-    images: np.ndarray, labels: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # About one pair in ten shows the same digit twice, so `equal` is learnable but rare.
-    a = rng.choice(pool, size=n)
-    b = rng.choice(pool, size=n)
-    same = rng.random(n) < 0.1
-    by_label = {d: pool[labels[pool] == d] for d in range(10)}
-    b[same] = [rng.choice(by_label[labels[i]]) for i in a[same]]
-    x = np.concatenate([images[a], images[b]], axis=2)  # (n, 8, 16)
-    return x, labels[a], labels[b]
+    labels: np.ndarray, ids: np.ndarray, left: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image indices, within the image pool `ids`, of pairs whose left digits are `left`."""
+    a = np.empty(len(left), np.int64)
+    b = rng.choice(ids, size=len(left))
+    # One pair in ten is forced to show the same digit twice (and about one in ten of the rest
+    # matches by chance), so `equal` is learnable but rare.
+    same = rng.random(len(left)) < 0.1
+    for digit in np.unique(left):
+        of_digit = ids[labels[ids] == digit]
+        rows = left == digit
+        a[rows] = rng.choice(of_digit, size=int(rows.sum()))
+        b[rows & same] = rng.choice(of_digit, size=int((rows & same).sum()))
+    return a, b
 
 
 def synthcorr(

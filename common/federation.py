@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from common.config import ConfigError, RunConfig
-from common.datasets import Pool, build_pool
+from common.datasets import TEST, TRAIN, VAL, Pool, build_pool
 from common.tasks import TaskSpec
 
 # Default task sets per dataset: heterogeneous, mixing classification and regression.
@@ -112,6 +112,9 @@ def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, 
 
     table = Dataset.from_dict({"idx": np.arange(len(pool)), "label": pool.partition_by})
     if cfg.partitioner == "iid":
+        # IidPartitioner cuts contiguous shards, and files are often sorted (Penguins' CSV is
+        # by species): shuffle with the run seed first, as `FederatedDataset` does by default.
+        table = table.shuffle(seed=cfg.seed)
         partitioner = IidPartitioner(num_partitions=num_partitions)
     elif cfg.partitioner == "dirichlet":
         partitioner = DirichletPartitioner(
@@ -178,16 +181,14 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/validation/test split of one client's examples, stratified where possible.
 
-    Examples the dataset marks as holdout (MultiDigits' separate image pool) form the test
-    split; the others are split into train and validation.
+    Where the dataset fixes each example's split (MultiDigits: one pool of digit images per
+    split), the client's examples keep it; the dataset spreads the splits evenly within each
+    label so that partitions get about the configured shares.
     """
+    if pool.fixed_split is not None:
+        marks = pool.fixed_split[idx]
+        return idx[marks == TRAIN], idx[marks == VAL], idx[marks == TEST]
     rng = np.random.default_rng(seed)
-    if pool.holdout is not None:
-        test = idx[pool.holdout[idx]]
-        rest = idx[~pool.holdout[idx]]
-        val_share = val_fraction / (1.0 - test_fraction)
-        train, val = _stratified_split(rest, pool.partition_by[rest], val_share, rng)
-        return train, val, test
     rest, test = _stratified_split(idx, pool.partition_by[idx], test_fraction, rng)
     val_share = val_fraction / (1.0 - test_fraction)
     train, val = _stratified_split(rest, pool.partition_by[rest], val_share, rng)

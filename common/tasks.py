@@ -79,7 +79,8 @@ class TaskSpec:
         return (output.squeeze(-1).detach() * self.scale + self.offset).cpu().numpy()
 
     def metrics(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-        """Accuracy and macro-F1 for classification; MAE, RMSE and R² for regression."""
+        """Accuracy and macro-F1 (over the classes present in `y_true` or `y_pred`) for
+        classification; MAE, RMSE and R² for regression."""
         from sklearn.metrics import (
             accuracy_score,
             f1_score,
@@ -89,7 +90,11 @@ class TaskSpec:
         )
 
         if self.is_classification:
-            labels = list(range(max(self.num_classes, 2)))
+            # Macro-F1 over the classes present in the labels or the predictions: a class a
+            # label-skewed client neither holds nor predicts has no F1 to average, and counting
+            # it as 0 would cap perfect predictions on 5 of 10 classes at 0.5. A predicted class
+            # that is absent from the labels still counts (its F1 is 0).
+            labels = np.union1d(y_true, y_pred)
             return {
                 "accuracy": float(accuracy_score(y_true, y_pred)),
                 "macro_f1": float(

@@ -67,3 +67,49 @@ def test_synthcorr_correlation_parameter_controls_task_relatedness() -> None:
         return float(np.corrcoef(pool.y["t0"], pool.y["t2"])[0, 1])
 
     assert corr(0.9) > corr(0.1) + 0.3
+
+
+def _digit_image_ids(x: np.ndarray) -> set[int]:
+    """Indices, in scikit-learn's digits set, of the left and right images of every pair
+    (the set has no two identical images, so pixels identify an image)."""
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images / 16.0).astype(np.float32)
+    index = {image.tobytes(): i for i, image in enumerate(images)}
+    halves = np.concatenate([x[:, :, :8], x[:, :, 8:]])
+    return {index[np.ascontiguousarray(half).tobytes()] for half in halves}
+
+
+def test_multidigits_train_validation_and_test_share_no_digit_image() -> None:
+    """Validation pairs are built from their own digit images, like test pairs: model
+    selection on validation never scores an image that any client trains on."""
+    cfg = parse_run_config({"samples-per-client": 200})
+    datas = [load_client_data(cfg, i, 6) for i in range(6)]
+    for d in datas:
+        train, val, test = (_digit_image_ids(s.x) for s in (d.train, d.val, d.test))
+        assert not train & val, f"client {d.client_id}: training images reappear in validation"
+        assert not train & test, f"client {d.client_id}: training images reappear in test"
+        assert not val & test, f"client {d.client_id}: validation images reappear in test"
+    # Across the federation too: the shared encoder trains on every client's training images.
+    train = set().union(*(_digit_image_ids(d.train.x) for d in datas))
+    held = set().union(*(_digit_image_ids(np.concatenate([d.val.x, d.test.x])) for d in datas))
+    assert not train & held
+
+
+@pytest.mark.parametrize("partitioner", ["dirichlet", "shards"])
+def test_multidigits_splits_keep_each_clients_label_mix(partitioner: str) -> None:
+    """Every client's validation and test splits hold about 15 % of each of its left digits
+    (to within two pairs), however label-skewed the client is."""
+    cfg = parse_run_config(
+        {"partitioner": partitioner, "samples-per-client": 300, "plan": "left,right"}
+    )
+    for i in range(6):
+        d = load_client_data(cfg, i, 6)
+        labels = np.concatenate([d.train.y["left"], d.val.y["left"], d.test.y["left"]])
+        held_labels = np.unique(labels)
+        counts = np.bincount(labels, minlength=10)
+        assert 0.62 < len(d.train) / len(labels) < 0.78
+        for name, split in (("val", d.val), ("test", d.test)):
+            got = np.bincount(split.y["left"], minlength=10)
+            off = np.abs(got - 0.15 * counts)[held_labels]
+            assert off.max() <= 2.0, f"client {i} {name}: {got.tolist()} of {counts.tolist()}"

@@ -110,3 +110,23 @@ def test_other_partitioners_split_by_species(partitioner: str) -> None:
     parts = partition_indices(cfg, 6)
     assert sum(len(p) for p in parts) == 333
     assert len(np.unique(np.concatenate(parts))) == 333
+
+
+def label_mix_distance(labels: np.ndarray, part: np.ndarray, num_classes: int) -> float:
+    """Total variation distance between one client's label mix and the pool's."""
+    pool_mix = np.bincount(labels, minlength=num_classes) / len(labels)
+    client_mix = np.bincount(labels[part], minlength=num_classes) / len(part)
+    return float(0.5 * np.abs(client_mix - pool_mix).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_iid_clients_hold_the_pools_species_mix(seed: int) -> None:
+    """The CSV is sorted by species; `iid` shuffles with the seed before Flower's
+    IidPartitioner cuts contiguous shards, so no client gets one species only."""
+    cfg = parse_run_config(
+        {"dataset": "penguins", "partitioner": "iid", "num-clients": 3, "seed": seed}
+    )
+    species = penguins().y["species"]
+    for i, part in enumerate(partition_indices(cfg, 3)):
+        assert set(species[part].tolist()) == {0, 1, 2}, f"client {i}"
+        assert label_mix_distance(species, part, 3) < 0.15, f"client {i}"

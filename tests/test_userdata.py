@@ -255,6 +255,27 @@ def test_group_by_gives_natural_clients(tmp_path: Path) -> None:
     assert pool.natural_group.tolist() == [0, 1, 0, 1, 0, 1]
 
 
+def test_iid_clients_of_a_label_sorted_file_hold_the_files_label_mix(tmp_path: Path) -> None:
+    """A shared file sorted by label: `iid` shuffles with the seed before Flower's contiguous
+    IidPartitioner, so every client gets about a third of each label, not one label."""
+    from common.federation import partition_indices
+
+    lines = ["a,b,dx,flag,los", *[f"{i},1,{i // 100},{i % 2},3" for i in range(300)]]
+    data, schema_path = write(tmp_path, lines, {**SCHEMA, "partition_by": "dx"})
+    cfg = parse_run_config(
+        {
+            "dataset": "user",
+            "data-file": str(data),
+            "schema-file": str(schema_path),
+            "partitioner": "iid",
+            "num-clients": 3,
+        }
+    )
+    for i, part in enumerate(partition_indices(cfg, 3)):
+        counts = np.bincount(np.asarray(part) // 100, minlength=3)  # row r has label r // 100
+        assert counts.min() >= 20, f"client {i} holds {counts.tolist()} rows of labels 0, 1, 2"
+
+
 def test_npz_inputs_array_and_length_mismatch(tmp_path: Path) -> None:
     schema = {
         "inputs": {"array": "x", "shape": [2, 3]},
