@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from common.algorithms import ALGORITHMS
 from common.config import CHOICES, ConfigError, RunConfig, parse_run_config
