@@ -147,8 +147,6 @@ class ClientSession:
             kind = attack_of(cid, cfg.attack)
             arrays = attack_update(kind, sent, arrays, cfg.attack_scale, seed)
         out = {"arrays": arrays}
-        if cfg.compression != "none":
-            out["arrays"], out[COMPRESSION] = compress(arrays, sent, cfg.compression)
         if self.task_shared:
             out["task-arrays"] = arrays_from_model(self.model, self.task_shared)
         return out
@@ -271,7 +269,8 @@ def session_for(msg: Message, context: Context) -> ClientSession:
 def train(msg: Message, context: Context) -> Message:
     """Train, through Flower's mods where the config asks for them: SecAgg+ (legacy layout),
     client-side clipping for central DP, local DP. They are applied per message because they
-    depend on the run config."""
+    depend on the run config. Compression comes last: the mods clip and noise weights, and
+    the server decompresses before it validates and aggregates."""
     cfg = _parse(tuple(sorted(context.run_config.items())))
     if cfg.secagg:
         inner = legacy_train_step
@@ -284,7 +283,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         with local_dp_noise(msg, context, cfg):
             reply = mod(msg, context, train_step)
-    return reply
+    return compressed(reply, msg.content["arrays"], cfg.compression)
 
 
 def local_dp_noise(msg: Message, context: Context, cfg: RunConfig) -> AbstractContextManager:
@@ -310,6 +309,16 @@ def update_mod(cfg: RunConfig) -> Mod | None:
     if cfg.privacy == "local-dp":
         return LocalDpMod(cfg.clipping_norm, cfg.clipping_norm, cfg.ldp_epsilon, cfg.dp_delta)
     return None
+
+
+def compressed(reply: Message, sent: ArrayRecord, method: str) -> Message:
+    """The reply with its shared arrays replaced by the compressed update Δ = w − w_sent."""
+    if method == "none" or reply.has_error():
+        return reply
+    reply.content["arrays"], reply.content[COMPRESSION] = compress(
+        reply.content["arrays"], sent, method
+    )
+    return reply
 
 
 def train_step(msg: Message, context: Context) -> Message:
