@@ -72,7 +72,7 @@ def test_dp_sgd_draws_do_not_follow_the_seed(
     source: str, overrides: dict[str, Any], factor: float
 ) -> None:
     """Two runs of the same round from the same model, data and seed train differently: the
-    server, which knows all three, cannot regenerate the {source}."""
+    server, which knows all three, cannot regenerate the noise or the batches."""
     cfg = parse_run_config({**TINY, **DP_SGD, "momentum": 0.0, **overrides})
     data = load_client_data(cfg, 0, cfg.num_clients)
     updates = []
