@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
@@ -25,6 +26,7 @@ from flwr.client.mod import fixedclipping_mod as legacy_fixedclipping_mod
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from client.byzantine import attack_of, attack_update, flip_labels, is_attacker
@@ -44,6 +46,7 @@ from common.config import ConfigError, RunConfig, parse_run_config
 from common.datasets import dataset_tasks
 from common.federation import ClientData, load_client_data
 from common.models import MultiTaskModel
+from common.randomness import dp_noise_seed, noise_numpy, warn_seeded_noise
 from common.records import (
     TASK_ARRAYS,
     arrays_from_model,
@@ -144,8 +147,6 @@ class ClientSession:
             kind = attack_of(cid, cfg.attack)
             arrays = attack_update(kind, sent, arrays, cfg.attack_scale, seed)
         out = {"arrays": arrays}
-        if cfg.compression != "none":
-            out["arrays"], out[COMPRESSION] = compress(arrays, sent, cfg.compression)
         if self.task_shared:
             out["task-arrays"] = arrays_from_model(self.model, self.task_shared)
         return out
@@ -268,21 +269,56 @@ def session_for(msg: Message, context: Context) -> ClientSession:
 def train(msg: Message, context: Context) -> Message:
     """Train, through Flower's mods where the config asks for them: SecAgg+ (legacy layout),
     client-side clipping for central DP, local DP. They are applied per message because they
-    depend on the run config."""
+    depend on the run config. Compression comes last: the mods clip and noise weights, and
+    the server decompresses before it validates and aggregates."""
     cfg = _parse(tuple(sorted(context.run_config.items())))
     if cfg.secagg:
         inner = legacy_train_step
         if cfg.privacy == "central-dp":
             inner = partial(legacy_fixedclipping_mod, call_next=legacy_train_step)
         return secaggplus_mod(msg, context, inner)
-    mod = None
+    mod = update_mod(cfg)
+    if mod is None:
+        reply = train_step(msg, context)
+    else:
+        with local_dp_noise(msg, context, cfg):
+            reply = mod(msg, context, train_step)
+    return compressed(reply, msg.content["arrays"], cfg.compression)
+
+
+def local_dp_noise(msg: Message, context: Context, cfg: RunConfig) -> AbstractContextManager:
+    """Where `LocalDpMod`'s noise comes from: it draws from NumPy's global RNG, which any code
+    in the process may have seeded, so the draw runs on OS entropy (or, under the insecure
+    switch, on a seed the server can compute, with a warning)."""
+    if cfg.privacy != "local-dp":
+        return nullcontext()
+    client_id = client_identity(context)[0]
+    server_round = int(msg.content["config"]["server-round"])
+    seed = dp_noise_seed(cfg, client_id, server_round)
+    if seed is not None:
+        warn_seeded_noise(f"client {client_id}, round {server_round}")
+    return noise_numpy(seed)
+
+
+def update_mod(cfg: RunConfig) -> Mod | None:
+    """The Flower mod that clips (and, for local DP, noises) this client's update, if any."""
     if cfg.privacy == "central-dp" and cfg.cdp_clipping == "fixed-client":
-        mod = fixedclipping_mod
-    elif cfg.privacy == "central-dp" and cfg.cdp_clipping == "adaptive-client":
-        mod = adaptiveclipping_mod
-    elif cfg.privacy == "local-dp":
-        mod = LocalDpMod(cfg.clipping_norm, cfg.clipping_norm, cfg.ldp_epsilon, cfg.dp_delta)
-    return mod(msg, context, train_step) if mod is not None else train_step(msg, context)
+        return fixedclipping_mod
+    if cfg.privacy == "central-dp" and cfg.cdp_clipping == "adaptive-client":
+        return adaptiveclipping_mod
+    if cfg.privacy == "local-dp":
+        return LocalDpMod(cfg.clipping_norm, cfg.clipping_norm, cfg.ldp_epsilon, cfg.dp_delta)
+    return None
+
+
+def compressed(reply: Message, sent: ArrayRecord, method: str) -> Message:
+    """The reply with its shared arrays replaced by the compressed update Δ = w − w_sent."""
+    if method == "none" or reply.has_error():
+        return reply
+    reply.content["arrays"], reply.content[COMPRESSION] = compress(
+        reply.content["arrays"], sent, method
+    )
+    return reply
 
 
 def train_step(msg: Message, context: Context) -> Message:

@@ -4,7 +4,9 @@
 — lives in the client's private state (memory and state dir), so every round's ε accounts for
 all rounds before it, across restarts and resumes. A round that would take ε past the budget
 is refused before it trains. Heads are trained under DP too: heads trained without it would
-shape later encoder gradients and void the guarantee on the released encoder.
+shape later encoder gradients and void the guarantee on the released encoder. The Gaussian
+noise and the Poisson sampling come from OS entropy (`common.randomness`), not from the run
+seed, so the server cannot regenerate them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from client.train import TrainStats
 from common.config import RunConfig
 from common.federation import ClientData
 from common.models import MultiTaskModel
+from common.randomness import dp_noise_seed, noise_generator, warn_seeded_noise
 from common.weighting import Weighting
 
 History = list[tuple[float, float, int]]
@@ -85,11 +88,18 @@ def dp_round(
             f"ε = {epsilon(history, cfg.dp_delta):.3f} and refuses to train further"
         )
     torch.manual_seed(cfg.seed * 7919 + data.client_id * 31 + server_round)
+    # Noise and Poisson sampling draw from their own generator, never from the seeded global
+    # stream above: the server knows every input of that stream and could replay the noise.
+    # Opacus's Poisson loader takes the generator of the loader it wraps.
+    seed = dp_noise_seed(cfg, data.client_id, server_round)
+    if seed is not None:
+        warn_seeded_noise(f"client {data.client_id}, round {server_round}")
+    noise = noise_generator(seed)
     names = list(model.tasks)
     dataset = TensorDataset(
         torch.from_numpy(data.train.x), *(torch.from_numpy(data.train.y[t]) for t in names)
     )
-    loader = DataLoader(dataset, batch_size=cfg.batch_size)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, generator=noise)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     engine = PrivacyEngine(accountant="rdp")
     private_model, private_opt, private_loader = engine.make_private(
@@ -99,6 +109,7 @@ def dp_round(
         noise_multiplier=sigma,
         max_grad_norm=cfg.dp_max_grad_norm,
         poisson_sampling=True,
+        noise_generator=noise,
     )
     shared = list(model.encoder.parameters())
     totals = dict.fromkeys(names, 0.0)

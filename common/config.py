@@ -161,6 +161,11 @@ class RunConfig:
     )
     clipping_norm: float = _key(1.0, low=0.0, low_open=True, doc="update clipping (central/local)")
     ldp_epsilon: float = _key(10.0, low=0.0, low_open=True, doc="local-dp: ε of each release")
+    dp_insecure_seeded_noise: bool = _key(
+        False,
+        doc="INSECURE: draw dp-sgd / local-dp noise from `seed` (exact replays, tests); the "
+        "server could subtract it, so no ε guarantee holds; warned every round",
+    )
     max_update_ratio: float = _key(
         10.0, low=0.0, doc="reject updates whose norm exceeds this × the round's median; 0: off"
     )

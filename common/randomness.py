@@ -9,6 +9,9 @@ with fresh entropy from the operating system, never from `seed`.
 `torch.Generator` and NumPy's global RNG are not cryptographic generators; seeded with 64 bits
 of OS entropy per client and round, their streams cannot be guessed from anything a party in
 the threat model knows (docs/SECURITY.md says what this does and does not cover).
+
+The run-config switch `dp-insecure-seeded-noise` (tests, exact replays) draws the same noise
+from the run seed instead; every round then warns that no ε guarantee holds.
 """
 
 from __future__ import annotations
@@ -16,9 +19,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from logging import WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from flwr.common.logger import log
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
+
+SEEDED_NOISE_WARNING = (
+    "dp-insecure-seeded-noise = true: DP noise and sampling are drawn from the run seed, so "
+    "the server can regenerate and subtract the noise and NO ε guarantee holds (use it for "
+    "tests and exact replays only)"
+)
+
+
+def warn_seeded_noise(where: str) -> None:
+    """Log `SEEDED_NOISE_WARNING` for `where` (e.g. "client 2, round 3")."""
+    log(WARNING, "fedmtl | %s: %s", where, SEEDED_NOISE_WARNING)
 
 
 def os_entropy_seed() -> int:
@@ -42,8 +62,38 @@ def unpredictable_numpy() -> Iterator[None]:
     reseeded from OS entropy for the block and restored afterwards, so seeded code around it
     stays reproducible.
     """
+    with _global_numpy_seeded(np.frombuffer(os.urandom(16), dtype=np.uint32)):
+        yield
+
+
+def dp_noise_seed(cfg: RunConfig, client_id: int, server_round: int) -> int | None:
+    """None (noise from OS entropy) unless the run asked for insecure seeded noise; then a
+    seed that everyone who knows the run config, the client id and the round can compute."""
+    if not cfg.dp_insecure_seeded_noise:
+        return None
+    return cfg.seed * 7919 + client_id * 31 + server_round
+
+
+def noise_generator(seed: int | None) -> torch.Generator:
+    """The generator DP noise is drawn from: fresh OS entropy, or `seed` (see `dp_noise_seed`)."""
+    return fresh_generator() if seed is None else torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def noise_numpy(seed: int | None) -> Iterator[None]:
+    """`unpredictable_numpy`, or NumPy's global RNG seeded with `seed` (see `dp_noise_seed`)."""
+    if seed is None:
+        with unpredictable_numpy():
+            yield
+    else:
+        with _global_numpy_seeded(seed % 2**32):
+            yield
+
+
+@contextmanager
+def _global_numpy_seeded(seed: int | np.ndarray) -> Iterator[None]:
     saved = np.random.get_state()
-    np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32))
+    np.random.seed(seed)
     try:
         yield
     finally:

@@ -46,6 +46,9 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.results_dir) / cfg.name
     results = RunResults(out, {**cfg.to_dict(), "run-name": cfg.name, "digest": cfg.digest()})
+    # Stated at the top of summary.json, not only in its config: a run whose DP noise the
+    # server could regenerate has no ε guarantee.
+    flags = {"insecure_seeded_dp_noise": cfg.dp_insecure_seeded_noise}
     log(INFO, "fedmtl | run '%s' -> %s", cfg.name, out.resolve())
     try:
         model = initial_model(cfg)
@@ -74,11 +77,11 @@ def main(grid: Grid, context: Context) -> None:
         run_rounds(metered, strategy, arrays, cfg, results, start_round=start, secagg=secagg)
     except Exception as err:
         log(ERROR, "fedmtl | run failed: %s", err)
-        results.finish("failed", error=f"{type(err).__name__}: {err}")
+        results.finish("failed", error=f"{type(err).__name__}: {err}", extra=flags)
         traceback.print_exc()
         raise
     results.finish(
         "completed",
-        extra={"parameters": {"shared": count_parameters(model, keys)}},
+        extra={"parameters": {"shared": count_parameters(model, keys)}, **flags},
     )
     log(INFO, "fedmtl | finished: %s", out / "summary.json")

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common.compression import decompress_reply
 from common.config import RunConfig
+from common.randomness import warn_seeded_noise
 from common.records import TASK_ARRAYS
 from server.checkpoint import save_checkpoint
 from server.metered_grid import MeteredGrid
@@ -173,6 +174,8 @@ def run_rounds(
             results.save_arrays(heads, "task_arrays.npz")
         save_checkpoint(results.dir / "checkpoints", rnd, cfg.digest(), arrays, strategy)
         log(INFO, "fedmtl | %s", round_line(row, total))
+        if cfg.dp_insecure_seeded_noise:
+            warn_seeded_noise(f"round {rnd}")
     return arrays
 
 

@@ -1,9 +1,11 @@
-"""Update compression: round trips within its stated bound; the bytes the server measures
-are the bytes of the arrays actually in the messages."""
+"""Update compression: round trips within its stated bound; it packs the update the client's
+mods clipped, not the other way round; the bytes the server measures are the bytes of the
+arrays actually in the messages."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from common.compression import compress, decompress, decompress_reply
+from tests.clientapp_round import arrays_of, sent_arrays, train_reply
 from tests.conftest import simulate
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
@@ -50,6 +53,29 @@ def test_unreadable_compressed_update_is_reported() -> None:
     content = RecordDict({"arrays": packed, "compression": info})
     assert decompress_reply(content, sent) is None
     assert np.allclose(content["arrays"]["w"].numpy(), 1.0, atol=1 / 254)
+
+
+@pytest.mark.parametrize("method", ["int8", "fp16"])
+def test_the_server_decompresses_the_clipped_update(tmp_path: Path, method: str) -> None:
+    """Client-side clipping (central DP's `fixedclipping_mod`) clips weights; compression then
+    packs the clipped update. What the server decompresses is that update, within the
+    compression's bound per value."""
+    norm = 0.01  # far below the norm of one round's update: the clipping binds
+    privacy = {"privacy": "central-dp", "cdp-clipping": "fixed-client", "clipping-norm": norm}
+    sent = sent_arrays(**privacy)
+    config = {"server-round": 1, "lr": 0.05, "local-epochs": 1, "clipping_norm": norm}
+    clipped = arrays_of(train_reply(tmp_path / "none", sent, config, **privacy))
+    start = {k: v.numpy() for k, v in sent.items()}
+    update = np.concatenate([(clipped[k] - start[k]).ravel() for k in start])
+    assert np.linalg.norm(update) == pytest.approx(norm, rel=1e-4)
+
+    reply = train_reply(tmp_path / method, sent, config, compression=method, **privacy)
+    assert decompress_reply(reply.content, sent) is None  # what the server does first
+    received = arrays_of(reply)
+    for key, value in received.items():
+        delta = np.abs(clipped[key] - start[key]).max()
+        bound = delta / 254 if method == "int8" else delta * 2**-10
+        assert np.abs(value - clipped[key]).max() <= bound + 1e-7, key
 
 
 @pytest.mark.slow

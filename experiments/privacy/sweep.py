@@ -17,7 +17,8 @@ the run evaluated — and attacked:
   on an attacker's own MultiDigits pool) on each client's deployed model; members = its train
   split, non-members = its test split.
 - M3 from an encoder update, in the server's view: one client's update (secagg off) or only
-  the aggregate (secagg on). Round 1 is replayed exactly with the client code (same seeds);
+  the aggregate (secagg on). Round 1 is replayed exactly with the client code (same seeds;
+  DP runs therefore draw their noise from the seed: `dp-insecure-seeded-noise = true`);
   a further round from the final state shows the trained model's update.
 - R2 gradient inversion and label recovery on single examples and a small batch of a client's
   `left` task: head unknown for fedper (private heads: only encoder gradients reach the
@@ -139,6 +140,10 @@ class Cell:
         }
         if self.epsilon is not None:
             out |= {"privacy": "dp-sgd", "dp-epsilon": self.epsilon, "dp-noise-multiplier": 0.0}
+            # M3 replays round 1 exactly (`replay_round`), noise included; the product draws
+            # DP noise from OS entropy, which no replay can repeat. None of the attacks uses
+            # the seed to remove noise, so their numbers hold for unseeded noise as well.
+            out["dp-insecure-seeded-noise"] = True
         return out
 
 
@@ -891,7 +896,9 @@ def write_report(
         "- M3: cosine between an example's negative encoder gradient and what the server sees: "
         "the client's own encoder update (secagg off) or only the FedAvg aggregate (secagg on). "
         "Round 1 is replayed exactly with the client code (same seeds; the initial heads are "
-        "the public seeded init, so the server can form these gradients). `final` is one more "
+        "the public seeded init, so the server can form these gradients); for that, DP runs "
+        "set `dp-insecure-seeded-noise = true` (noise from the seed; no attack here uses it "
+        "to remove noise). `final` is one more "
         "round from the final models, with the attacker given the client's heads (an upper "
         "bound for private heads).",
         f"- R2: gradient inversion (Adam, {settings.r2_steps} steps, cosine gradient distance) "
