@@ -231,7 +231,7 @@ class Grid:
 
 
 def default_grid(grid_dir: Path | None = None) -> Grid:
-    """The suite behind docs/RESULTS.md (see `SUITE_NOTE` for the per-cell budget)."""
+    """The suite behind docs/RESULTS.md (`compare_report.suite_note` explains its budget)."""
     return Grid(
         name="default",
         settings=[
@@ -253,11 +253,6 @@ def default_grid(grid_dir: Path | None = None) -> Grid:
 
 # Run-config keys every cell of the default suite shares (on top of pyproject's defaults).
 DEFAULT_COMMON: dict[str, Any] = {"num-server-rounds": 10}
-SUITE_NOTE = (
-    "pyproject's default is 20 rounds; the default suite halves it for every row alike to fit "
-    "the 60-minute target on 2 cores (a Flower cell's cost is mostly fixed start-up, so fewer "
-    "rounds is the cut that keeps every row and seed)."
-)
 
 
 # ---------------------------------------------------------------- resume

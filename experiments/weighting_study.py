@@ -1,4 +1,4 @@
-"""Loss-weighting study (issue 3): `ew` vs `pcgrad`, `mgda`, `cagrad` on SynthCorr, fedper.
+"""Loss-weighting study: `ew` vs `pcgrad`, `mgda`, `cagrad` on SynthCorr, fedper.
 
     python -m experiments.weighting_study                        # ρ = 0.1, seeds 0 1 2
     python -m experiments.weighting_study --correlations 0.1 0.9 # with the related-task contrast
@@ -8,14 +8,17 @@ directions, i.e. at low task correlation ρ (`synth-correlation`). Every run is 
 simulation through one `SimulationEngine` (finished runs are resumed). The report,
 `docs/WEIGHTING.md`, gives each task's final-round test metric (mean over the clients holding
 it) as mean ± std over seeds, and each method's difference to `ew` paired by seed; a method is
-called better or worse on a task only when the mean paired difference exceeds twice its std.
+called better or worse on a task only when the mean paired difference exceeds
+`SIGNIFICANCE_STDS` times its std.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
+import os
 import platform
 import sys
 import time
@@ -27,11 +30,14 @@ from typing import Any
 import numpy as np
 
 from common.config import parse_run_config, same_training
+from common.datasets import dataset_tasks
+from common.federation import client_tasks, split_indices
 from experiments.launch import REPO, SimulationEngine
 
 METHODS = ("ew", "pcgrad", "mgda", "cagrad")
 CORRELATIONS = (0.1,)
 SEEDS = (0, 1, 2)
+SIGNIFICANCE_STDS = 2.0  # better/worse only when |mean paired difference| > this × its std
 BASE: dict[str, Any] = {
     "dataset": "synthcorr",
     "algorithm": "fedper",
@@ -80,8 +86,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, tuple[str, float]]:
     return out
 
 
-def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> dict[str, Any]:
-    """The run's summary: reused when a completed run with the same config is on disk."""
+def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The run's summary, and whether it ran now: a completed run with the same config on
+    disk is reused."""
     cfg = parse_run_config(ov)
     path = Path(ov["results-dir"]) / cfg.name / "summary.json"
     if path.exists():
@@ -91,24 +98,24 @@ def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> dict[str, Any]:
             and same_training(summary["config"], cfg)
             and summary.get("final_round") == cfg.num_server_rounds
         ):
-            return summary
+            return summary, False
     outcome = engine.run(ov, echo=False)
     if not outcome.ok or outcome.summary is None:
         err = (outcome.summary or {}).get("error", f"see {outcome.log_path}")
         raise RuntimeError(f"{cfg.name} failed ({outcome.status}/{outcome.flower_status}): {err}")
-    return outcome.summary
+    return outcome.summary, True
 
 
 def paired_difference(
     method: Sequence[float], ew: Sequence[float], higher_is_better: bool
 ) -> dict[str, Any]:
-    """Method − ew per seed. `verdict` is better/worse only when |mean| > 2 std of the
-    per-seed differences (sample std; needs ≥ 2 seeds), otherwise n.s."""
+    """Method − ew per seed. `verdict` is better/worse only when |mean| > SIGNIFICANCE_STDS
+    std of the per-seed differences (sample std; needs ≥ 2 seeds), otherwise n.s."""
     d = np.asarray(method, float) - np.asarray(ew, float)
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if len(d) > 1 else None
     verdict = "n.s."
-    if std is not None and abs(mean) > 2 * std:
+    if std is not None and abs(mean) > SIGNIFICANCE_STDS * std:
         improved = mean > 0 if higher_is_better else mean < 0
         verdict = "better" if improved else "worse"
     return {"mean": mean, "std": std, "verdict": verdict, "n": len(d)}
@@ -130,14 +137,18 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
     ]
     values: dict[tuple[float, str, int], dict[str, tuple[str, float]]] = {}
     run_seconds = 0.0
+    startup: list[float] = []  # per run executed now: its wall time outside the ServerApp
     with contextlib.ExitStack() as stack:
         if engine is None:
             engine = stack.enter_context(SimulationEngine())
         for i, (r, m, s) in enumerate(grid, 1):
             tr = time.perf_counter()
-            summary = run_one(engine, overrides(settings, r, m, s))
+            summary, ran = run_one(engine, overrides(settings, r, m, s))
             values[(r, m, s)] = final_metrics(summary)
-            run_seconds += float(summary.get("wall_time_s") or 0.0)
+            server = float(summary.get("wall_time_s") or 0.0)
+            run_seconds += server
+            if ran:
+                startup.append(time.perf_counter() - tr - server)
             done = time.perf_counter() - t0
             print(
                 f"[{i}/{len(grid)}] ρ={r:g} {m} seed {s}: "
@@ -148,7 +159,7 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
             )
     wall = time.perf_counter() - t0
     table = build_table(values, settings)
-    write_report(table, settings, wall, run_seconds)
+    write_report(table, settings, wall, run_seconds, startup)
     return {"values": values, "table": table, "wall_s": wall}
 
 
@@ -196,8 +207,16 @@ def write_report(
     settings: StudySettings,
     wall_s: float,
     run_seconds: float = 0.0,
+    startup_s: Sequence[float] = (),
 ) -> None:
     settings.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = len(table) * len(settings.methods) * len(settings.seeds)
+    startup = (
+        f" (plus Flower's start-up, {np.mean(startup_s):.0f} s per run on average over the "
+        f"{len(startup_s)} run(s) made by this invocation)"
+        if startup_s
+        else ""
+    )
     lines = [
         "# Loss weighting under federation: ew vs pcgrad, mgda, cagrad (SynthCorr)",
         "",
@@ -208,24 +227,22 @@ def write_report(
         "```",
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} (Python "
-        f"{platform.python_version()}); "
-        f"{len(table) * len(settings.methods) * len(settings.seeds)} Flower simulations on a "
-        f"shared 2-core box: {run_seconds / 60:.0f} min of server-side run time in all "
-        "(plus Flower's start-up, about 40 s per run here); this invocation took "
-        f"{wall_s / 60:.1f} min (finished runs are resumed).",
+        f"{platform.python_version()}, {os.cpu_count()} CPU cores); {runs} Flower simulations: "
+        f"{run_seconds / 60:.0f} min of server-side run time in all{startup}; this invocation "
+        f"took {wall_s / 60:.1f} min (finished runs are resumed).",
         "",
         "Settings: "
         + ", ".join(f"`{k}={v}`" for k, v in settings.base.items())
         + f", `synth-correlation` ∈ {list(settings.correlations)}, seeds {list(settings.seeds)}; "
-        "everything else at its default (Dirichlet α=0.5 over SynthCorr's input clusters, "
-        "batch 32, lr 0.05, hidden 64, the default 6-client plan of 2–3 tasks each; "
-        "`cagrad-c=0.5`, `mgda-normalize=none`). Tasks t0, t2 are regression (test MAE, lower "
-        "is better), t1, t3 binary (test accuracy, higher is better); each number is the "
-        "final round's mean over the clients holding the task, then mean ± std over seeds.",
+        + f"everything else at its default (resolved: {_defaults_text(settings.base)}). "
+        + _tasks_text(table)
+        + "; each number is the final round's mean over the clients holding the task, then "
+        "mean ± std over seeds.",
         "",
         "Δ vs ew is the per-seed difference (method − ew), mean ± std over seeds. Marked "
-        "**better**/**worse** only when |mean| > 2 × std of that difference; otherwise n.s. "
-        "Δm (%) is LibMTL's mean relative change over tasks against ew (lower is better).",
+        f"**better**/**worse** only when |mean| > {SIGNIFICANCE_STDS:g} × std of that "
+        "difference; otherwise n.s. Δm (%) is LibMTL's mean relative change over tasks against "
+        "ew (lower is better).",
         "",
     ]
     verdicts = []
@@ -258,21 +275,23 @@ def write_report(
             "",
         ]
     lines += ["## Verdict", ""]
+    cfg = parse_run_config(settings.base)
     better = [v for v in verdicts if " better " in v]
     worse = [v for v in verdicts if " worse " in v]
     lines.append(
-        "- Improvements over ew (mean paired difference > 2 std): "
+        f"- Improvements over ew (mean paired difference > {SIGNIFICANCE_STDS:g} std): "
         + ("; ".join(better) if better else "none on any task: no improvement is claimed.")
     )
     if worse:
         lines.append("- Significantly worse than ew: " + "; ".join(worse) + ".")
     lines += [
         "",
-        "Caveats: three seeds make the 2-std rule a coarse screen (it neither proves nor rules "
-        "out small effects); "
-        f"{settings.base.get('num-server-rounds')} rounds of {settings.base.get('local-epochs')} "
-        "local epochs on ~70 % of `samples-per-client` examples per client is a short budget; "
-        "each method runs with its default options, untuned.",
+        f"Caveats: {len(settings.seeds)} seed(s) make the {SIGNIFICANCE_STDS:g}-std rule a "
+        "coarse screen (it neither proves nor rules out small effects); "
+        f"{cfg.num_server_rounds} rounds of {cfg.local_epochs} local epochs on the "
+        f"{_train_share():.0%} training split of `samples-per-client = "
+        f"{cfg.samples_per_client}` examples per client is a short budget; each method runs "
+        "with its default options, untuned.",
         "",
         "Plot: `docs/weighting/final_metrics.png` (paired difference to ew per task, mean ± "
         "std over seeds, drawn so that up is better).",
@@ -280,6 +299,48 @@ def write_report(
     ]
     settings.out.write_text("\n".join(lines))
     write_plot(table, settings)
+
+
+def _defaults_text(base: dict[str, Any]) -> str:
+    """The defaults the study relies on, read from the resolved run config."""
+    cfg = parse_run_config(base)
+    sizes = sorted(
+        {
+            len(client_tasks(cfg, dataset_tasks(cfg), c, cfg.num_clients))
+            for c in range(cfg.num_clients)
+        }
+    )
+    partition = f"{cfg.partitioner}" + (
+        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
+    )
+    return (
+        f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}, "
+        f"the default {cfg.num_clients}-client task plan of "
+        f"{'–'.join(map(str, (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes))} tasks each; "
+        f"`cagrad-c={cfg.cagrad_c:g}`, `mgda-normalize={cfg.mgda_normalize}`"
+    )
+
+
+def _tasks_text(table: dict[float, dict[str, Any]]) -> str:
+    """Which tasks are regression and which classification, from the runs' own metrics."""
+    metric = {t: m for v in table.values() for t, m in v["metric"].items()}
+    regression = [t for t, m in metric.items() if m != "accuracy"]
+    classification = [t for t, m in metric.items() if m == "accuracy"]
+    parts = []
+    if regression:
+        parts.append(f"{', '.join(regression)} regression (test MAE, lower is better)")
+    if classification:
+        parts.append(
+            f"{', '.join(classification)} classification (test accuracy, higher is better)"
+        )
+    return "Tasks " + "; ".join(parts)
+
+
+def _train_share() -> float:
+    """The training split's share of a client's examples (what `split_indices` leaves after
+    its validation and test fractions)."""
+    params = inspect.signature(split_indices).parameters
+    return 1.0 - params["val_fraction"].default - params["test_fraction"].default
 
 
 def write_plot(table: dict[float, dict[str, Any]], settings: StudySettings) -> None:

@@ -5,19 +5,25 @@ encoder)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.train import build_model, round_generator, train_heads
+from common.algorithms import get_algorithm
 from common.config import CHOICES, parse_run_config
 from common.datasets import MULTIDIGITS_TASKS
 from common.federation import load_client_data
-from common.records import TASK_ARRAYS
+from common.records import TASK_ARRAYS, arrays_from_model, model_shared_keys
+from common.storage import read_arrays
+from server.app import initial_model
 from server.task_heads import aggregate_task_arrays
 from tests.conftest import simulate
+from tests.helpers import act_as_serverapp, strategy_round
 
 # Each real simulation covers one algorithm, one strategy and one weighting at once.
 COMBOS = [
@@ -82,6 +88,16 @@ def test_simulation_completes(
             assert keys and all(k.startswith("encoder.blocks.0.") for k in keys)
         if architecture == "mmoe" and algorithm != "local":
             assert keys and all(k.startswith("encoder.experts.") for k in keys)
+    # The strategy moved the shared arrays: what the server saved after the last round is not
+    # the seeded initial encoder it started from (a strategy returning its input would be).
+    cfg = parse_run_config({k: v for k, v in summary["config"].items() if k != "digest"})
+    model = initial_model(cfg)
+    keys = model_shared_keys(model, get_algorithm(cfg.algorithm), cfg.shared_layers)
+    initial = {k: v.numpy() for k, v in arrays_from_model(model, keys).items()}
+    saved = read_arrays(outcome.results_dir / "shared_arrays.npz")
+    assert set(saved) == set(initial)
+    if algorithm != "local":
+        assert any(not np.array_equal(saved[k], initial[k]) for k in initial), "not aggregated"
 
 
 def _reply(heads: dict[str, np.ndarray], n: int) -> RecordDict:
@@ -174,3 +190,163 @@ def test_invalid_combinations_fail_at_start() -> None:
         parse_run_config({"strategy": "bulyan", "num-malicious": 1, "num-clients": 6})
     with pytest.raises(ConfigError, match="'shared-layers' = 3 exceeds 'num-blocks' = 2"):
         parse_run_config({"shared-layers": 3})
+
+
+# --- each Flower strategy, through build_strategy, against an independent computation ---
+
+N_REPLIES = 7  # Bulyan with num-malicious = 1 needs 4f + 3
+WEIGHTS = [3, 5, 4, 6, 2, 7, 5]  # num-examples per reply
+
+
+def _replies_around(x: dict[str, np.ndarray], seed: int) -> list[dict[str, np.ndarray]]:
+    """Five honest updates near `x` and two far outliers, all distinct (no ties)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(N_REPLIES):
+        scale = 10.0 if i >= 5 else 0.1
+        out.append({k: v + scale * rng.standard_normal(v.shape) for k, v in x.items()})
+    return out
+
+
+def _weighted_mean(updates: list[dict], weights: list[int]) -> dict[str, np.ndarray]:
+    w = np.asarray(weights, float) / sum(weights)
+    return {k: np.tensordot(w, np.stack([u[k] for u in updates]), axes=1) for k in updates[0]}
+
+
+def _stack(updates: list[dict], key: str) -> np.ndarray:
+    return np.stack([u[key] for u in updates])
+
+
+def _krum_scores(updates: list[dict], f: int) -> np.ndarray:
+    """Blanchard et al. 2017: sum of squared distances to the n − f − 2 closest others."""
+    flat = np.stack([np.concatenate([u[k].ravel() for k in sorted(u)]) for u in updates])
+    d = ((flat[:, None, :] - flat[None, :, :]) ** 2).sum(-1)
+    m = len(updates) - f - 2
+    return np.array([np.sort(np.delete(row, i))[:m].sum() for i, row in enumerate(d)])
+
+
+def _bulyan(updates: list[dict], weights: list[int], f: int) -> dict[str, np.ndarray]:
+    """El Mhamdi et al. 2018 with Krum selection: θ = n − 2f by Krum score, then per
+    coordinate the mean of the β = θ − 2f values closest to the selection's median."""
+    theta = len(updates) - 2 * f
+    chosen = [updates[i] for i in np.argsort(_krum_scores(updates, f))[:theta]]
+    beta = theta - 2 * f
+    out = {}
+    for k in updates[0]:
+        values = _stack(chosen, k)
+        order = np.argsort(np.abs(values - np.median(values, axis=0)), axis=0)[:beta]
+        out[k] = np.take_along_axis(values, order, axis=0).mean(axis=0)
+    return out
+
+
+def _multikrum(updates: list[dict], weights: list[int], f: int, m: int) -> dict:
+    best = np.argsort(_krum_scores(updates, f))[:m]
+    return _weighted_mean([updates[i] for i in best], [weights[i] for i in best])
+
+
+AGGREGATES = {
+    "fedavg": ({}, _weighted_mean),
+    "fedprox": ({"proximal-mu": 0.3}, _weighted_mean),  # μ acts on the clients only
+    "fedmedian": ({}, lambda u, w: {k: np.median(_stack(u, k), axis=0) for k in u[0]}),
+    "fedtrimmedavg": (
+        {"trim-beta": 0.3},
+        lambda u, w: {k: scipy.stats.trim_mean(_stack(u, k), 0.3, axis=0) for k in u[0]},
+    ),
+    "krum": ({"num-malicious": 1}, lambda u, w: u[int(np.argmin(_krum_scores(u, 1)))]),
+    "multikrum": ({"num-malicious": 1, "krum-select": 3}, lambda u, w: _multikrum(u, w, 1, 3)),
+    "bulyan": ({"num-malicious": 1}, lambda u, w: _bulyan(u, w, 1)),
+}
+
+
+def _fedavgm(cfg: Any, x: dict, avg: dict, state: dict, rnd: int) -> dict:
+    """SGD with server momentum on the pseudo-gradient x − avg (Hsu et al. 2019)."""
+    pg = {k: x[k] - avg[k] for k in x}
+    if cfg.server_momentum > 0:
+        mv = state.get("momentum")
+        pg = state["momentum"] = (
+            pg if mv is None else {k: cfg.server_momentum * mv[k] + pg[k] for k in pg}
+        )
+    return {k: x[k] - cfg.server_lr * pg[k] for k in x}
+
+
+def _fedopt(rule: str) -> Any:
+    """FedAdam / FedYogi / FedAdagrad (Reddi et al. 2021) on Δ = avg − x."""
+
+    def step(cfg: Any, x: dict, avg: dict, state: dict, rnd: int) -> dict:
+        b1 = 0.0 if rule == "adagrad" else cfg.beta_1
+        d = {k: avg[k] - x[k] for k in x}
+        m = state.setdefault("m", {k: np.zeros_like(v) for k, v in x.items()})
+        v = state.setdefault("v", {k: np.zeros_like(v) for k, v in x.items()})
+        for k in x:
+            m[k] = b1 * m[k] + (1 - b1) * d[k]
+            if rule == "adam":
+                v[k] = cfg.beta_2 * v[k] + (1 - cfg.beta_2) * d[k] ** 2
+            elif rule == "yogi":
+                v[k] = v[k] - (1 - cfg.beta_2) * d[k] ** 2 * np.sign(v[k] - d[k] ** 2)
+            else:
+                v[k] = v[k] + d[k] ** 2
+        eta = cfg.fedopt_eta
+        if rule == "adam":  # Flower's bias-corrected step size (Kingma & Ba, before 2.1)
+            eta *= np.sqrt(1 - cfg.beta_2 ** (rnd + 1)) / (1 - cfg.beta_1 ** (rnd + 1))
+        return {k: x[k] + eta * m[k] / (np.sqrt(v[k]) + cfg.tau) for k in x}
+
+    return step
+
+
+# Server-optimiser settings away from the defaults, so a wrong wiring shows.
+SERVER_OPTIMISERS = {
+    "fedavgm": ({"server-lr": 0.7, "server-momentum": 0.5}, _fedavgm),
+    "fedadam": ({"fedopt-eta": 0.03, "beta-1": 0.8, "beta-2": 0.95, "tau": 0.01}, _fedopt("adam")),
+    "fedyogi": ({"fedopt-eta": 0.03, "beta-1": 0.8, "beta-2": 0.95, "tau": 0.01}, _fedopt("yogi")),
+    "fedadagrad": ({"fedopt-eta": 0.03, "tau": 0.01}, _fedopt("adagrad")),
+}
+START = {"a": np.array([0.5, -1.0, 2.0]), "b": np.array([[1.0, 0.0], [-0.5, 0.25]])}
+
+
+def test_every_strategy_has_an_aggregation_test() -> None:
+    assert set(AGGREGATES) | set(SERVER_OPTIMISERS) == set(CHOICES["strategy"])
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATES))
+def test_strategy_aggregates_the_replies_as_it_defines(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_strategy's strategy, fed hand-built replies, returns what its rule computes
+    (weighted mean, coordinate median, trimmed mean, Krum's pick, Multi-Krum, Bulyan)."""
+    from server.strategies import build_strategy
+
+    act_as_serverapp(monkeypatch)
+    extra, expected = AGGREGATES[name]
+    cfg = parse_run_config({"strategy": name, "num-clients": N_REPLIES, **extra})
+    updates = _replies_around(START, seed=1)
+    got = strategy_round(build_strategy(cfg), 1, START, updates, WEIGHTS)
+    want = expected(updates, WEIGHTS)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-9, err_msg=f"{name} {k}")
+    if name in ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"):
+        plain = _weighted_mean(updates, WEIGHTS)  # the outliers drag the plain mean away
+        assert not np.allclose(got["a"], plain["a"], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_OPTIMISERS))
+def test_server_optimiser_follows_its_update_rule_over_two_rounds(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 2 depends on the state round 1 left (momentum, m_t, v_t): both rounds match
+    the paper's update with the configured parameters."""
+    from server.strategies import build_strategy
+
+    act_as_serverapp(monkeypatch)
+    extra, step = SERVER_OPTIMISERS[name]
+    cfg = parse_run_config({"strategy": name, "num-clients": N_REPLIES, **extra})
+    strategy = build_strategy(cfg)
+    x, state = dict(START), {}
+    for rnd in (1, 2):
+        updates = _replies_around(x, seed=rnd)
+        got = strategy_round(strategy, rnd, x, updates, WEIGHTS)
+        want = step(cfg, x, _weighted_mean(updates, WEIGHTS), state, rnd)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=f"{name} round {rnd}")
+        assert not np.allclose(got["a"], x["a"])
+        x = got

@@ -76,6 +76,96 @@ def test_utility_averages_classification_tasks_only() -> None:
     assert utility(summary) == {"mean_acc": pytest.approx(0.6), "sum_mae": 2.0}
 
 
+def _record(cell: Cell, acc: float) -> dict[str, Any]:
+    """A privacy.json as attack_cell writes it, with made-up numbers: 150 training and 30
+    test pairs per client."""
+    per_client = {str(c): {"m1": {}, "m2": {}, "members": 150, "nonmembers": 30} for c in range(3)}
+    r2 = {
+        "single_psnr": 20.0,
+        "single_ssim": 0.5,
+        "single_label_acc": 0.4,
+        "batch_psnr": 15.0,
+        "batch_label_acc": 0.3,
+        "prior_psnr": 10.0,
+    }
+    return {
+        "cell": {"algorithm": cell.algorithm, "epsilon": cell.epsilon, "secagg": cell.secagg},
+        "utility": {"mean_acc": acc, "sum_mae": 1.5},
+        "reconstruction_max_abs_diff": 0.0,
+        "epsilon": None,
+        "membership": {
+            "per_client": per_client,
+            "m1_auc": 0.6,
+            "m1_advantage": 0.1,
+            "m2_auc": 0.62,
+            "m2_tpr_at_1pct_fpr": 0.0,
+        },
+        "m3": {"round1": {"auc": 0.7}, "final": {"auc": 0.65}},
+        "r2": r2,
+        "run_wall_time_s": 120.0,
+        "attack_seconds": 60.0,
+    }
+
+
+def test_report_prose_follows_the_config_and_the_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numbers the report used to type (a 2-core box, about 40 s of start-up, α=0.5, batch
+    32, lr 0.05, hidden 64, δ = 1e-5, C = 1, five heads, about 45 and 210 pairs per client,
+    8×16 images, 0.1 chance, two or three tasks, 99 dB, a 1e-5 SecAgg step, the goal at ε=3,
+    AUC 0.55, 8 points) come from the config, the records and the constants that are used:
+    here a config and records unlike the old literals."""
+    import os
+
+    from experiments.privacy import sweep
+
+    # The goal's numbers are one set of constants for the check and its heading.
+    monkeypatch.setattr(sweep, "GOAL_EPSILON", 2.0)
+    monkeypatch.setattr(sweep, "GOAL_AUC", 0.65)
+    monkeypatch.setattr(sweep, "GOAL_DROP", 20.0)
+
+    base = {
+        **TINY,
+        "batch-size": 16,
+        "lr": 0.2,
+        "dirichlet-alpha": 2.0,
+        "dp-delta": 1e-6,
+        "dp-max-grad-norm": 2.0,
+        "secagg-clipping-range": 4.0,
+        "secagg-quantization-range": 1024,
+        "plan": "left;left,right,sum,parity",
+    }
+    settings = Settings(
+        algorithms=("fedper", "fedavg"),
+        epsilons=(None, 2.0),
+        secagg=(False,),
+        seeds=(0, 1),
+        base=base,
+        results_dir=tmp_path / "results",
+        out=tmp_path / "PRIVACY.md",
+        plots=tmp_path / "plots",
+    )
+    records = {c: _record(c, 0.8 if c.epsilon is None else 0.7) for c in settings.cells()}
+    text = sweep.write_report(records, {}, settings, 30.0)
+    assert f", {os.cpu_count()} CPU cores), 8 Flower simulations" in text
+    assert "partitioner dirichlet α=2, batch 16, lr 0.2, hidden " in text
+    assert "(δ = 1e-06, C = 2)" in text
+    assert "all 5 heads" in text  # MultiDigits' tasks
+    assert "(30 pairs per client, median, so TPR at 1% FPR is really TPR at 0 FPR;" in text
+    assert "Small data (150 training pairs per client, median)" in text
+    assert "noise on a 16-example batch" in text
+    assert "PSNR over 8×16 images" in text  # MultiDigits' canvas
+    assert "what is above 0.1, chance for `left`" in text
+    assert "the targets were trained federated on 1 or 4 tasks" in text
+    assert "reuse sklearn's 1797 digit images" in text
+    assert f"= {2 * 4.0 / 1024:.1g} per weight" in text
+    assert "## Goal check (ε ≈ 2: M1/M2 AUC ≤ 0.65 at an accuracy drop ≤ 20 points)" in text
+    assert "| fedper | off | 0.600 ± 0.000 | 0.620 ± 0.000 | 10.0 ± 0.0 | met | met |" in text
+    assert "30 non-members per client" in text
+    for stale in ("2-core", "40 s", "δ = 1e-5", "about 45", "about 210", "issue"):
+        assert stale not in text, stale
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(
     tmp_path_factory: pytest.TempPathFactory, sim_engine: SimulationEngine

@@ -27,22 +27,38 @@ BASE = {
 SIGN_FLIP = rb.Attack("sign-flip", 10.0)
 
 
-def fake_summary(cell: rb.Cell, results_dir: Path, accuracy: dict[int, float]) -> None:
-    """A completed run whose client `c` has test accuracy `accuracy[c]` on every task it
-    holds (clients 0/1 are the attackers)."""
+def fake_summary(
+    cell: rb.Cell,
+    results_dir: Path,
+    accuracy: dict[int, float],
+    val: dict[int, float] | None = None,
+    round_seconds: tuple[float, ...] = (4.0, 2.0),
+    wall_s: float = 30.0,
+    base: dict[str, Any] = BASE,
+) -> None:
+    """A completed run whose client `c` has test accuracy `accuracy[c]` (validation accuracy
+    `val[c]`, the test one if not given) on every task it holds (clients 0/1 are the
+    attackers); its rounds took `round_seconds`, the whole cell `wall_s` on 16 CPUs."""
+    val = val or accuracy
     per_client = {
-        str(c): {t: {"test/accuracy": a, "test/loss": 1.0} for t in ("left", "parity")}
-        | {"sum": {"test/mae": 2.0}}
+        str(c): {
+            t: {"test/accuracy": a, "val/accuracy": val[c], "test/loss": 1.0}
+            for t in ("left", "parity")
+        }
+        | {"sum": {"test/mae": 2.0, "val/mae": 2.0}}
         for c, a in accuracy.items()
     }
-    overrides = cell.overrides(BASE, results_dir)
+    overrides = cell.overrides(base, results_dir)
     config = parse_run_config(overrides).to_dict() | {"results-dir": overrides["results-dir"]}
     run = results_dir / cell.run_name
     run.mkdir(parents=True, exist_ok=True)
     summary = {"status": "completed", "config": config, "per_client": per_client}
     (run / "summary.json").write_text(json.dumps(summary | {"wall_time_s": 3.0}))
+    (run / "cell.json").write_text(json.dumps({"wall_s": wall_s, "cpus": 16}))
     rejected = [{"node": 1, "client": "0", "reason": "update norm"}] if cell.attack else []
-    (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "rejected": rejected}) + "\n")
+    rows = [{"round": i + 1, "seconds": x} for i, x in enumerate(round_seconds)]
+    rows[0]["rejected"] = rejected
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_honest_accuracy_leaves_the_attackers_out() -> None:
@@ -56,6 +72,7 @@ def test_honest_accuracy_leaves_the_attackers_out() -> None:
     }
     # left: mean(0.8, 0.6) = 0.7; parity: 0.6; over tasks: 0.65
     assert rb.honest_accuracy(summary, attackers=2) == pytest.approx(0.65)
+    assert rb.honest_accuracy(summary, attackers=2, split="val") is None  # no val metrics
     assert rb.honest_accuracy({"per_client": {}}, attackers=2) is None
 
 
@@ -76,10 +93,73 @@ def test_the_table_is_computed_from_the_summary_files(tmp_path: Path) -> None:
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "±" in line}
     assert "| 81.0 ± 1.4 | 45.0 ± 7.1 | -36.0 |" in rows["fedavg"]
     assert "| 80.0 ± 1.4 | 79.5 ± 1.4 | -0.5 |" in rows["fedmedian"]
-    assert re.search(r"best defence \*\*fedmedian\*\* 79\.5 %.*\*\*met\*\*", text)
+    assert re.search(
+        r"best defence on validation \*\*fedmedian\*\*.*test 79\.5 %.*\*\*met\*\*", text
+    )
     assert "plain FedAvg under attack 45.0 % (-36.0 points)" in text
     # rejection counts come from metrics.jsonl: one attacker update per attacked run
     assert "| fedavg | 0 of 8 / 0 of 8 | 2 of 8 / 0 of 8 |" in text  # 2 seeds x 2 rounds
+
+
+def test_the_best_defence_is_chosen_on_validation_and_reported_on_test(tmp_path: Path) -> None:
+    """fedtrimmedavg is best on test, fedmedian on validation: the verdict names fedmedian
+    and reports its test accuracy, never the higher test number of the other."""
+    cells = rb.grid(["fedavg", "fedmedian", "fedtrimmedavg"], [SIGN_FLIP], seeds=[0, 1])
+    test_val = {
+        "fedavg": (0.80, 0.80),
+        "fedmedian": (0.77, 0.85),
+        "fedtrimmedavg": (0.83, 0.75),
+    }
+    for cell in cells:
+        test, val = test_val[cell.defence] if cell.attack else (0.80, 0.80)
+        fake_summary(cell, tmp_path, {2: test, 3: test}, val={2: val, 3: val})
+    text = rb.render(
+        rb.collect(cells, tmp_path), [SIGN_FLIP], [0, 1], BASE, "cmd", None, tmp_path / "R.md"
+    )
+    line = next(x for x in text.splitlines() if x.startswith("- **sign-flip"))
+    assert "best defence on validation **fedmedian** (85.0 % on validation): test 77.0 %" in line
+    assert "fedtrimmedavg" not in line
+    assert "(-3.0 points)" in line and "**not met**" in line
+    assert "highest mean **validation** accuracy" in text and "**test** accuracy" in text
+
+
+def test_a_defence_without_validation_metrics_is_not_a_candidate(tmp_path: Path) -> None:
+    cells = rb.grid(["fedavg", "fedmedian"], [SIGN_FLIP], seeds=[0])
+    for cell in cells:
+        fake_summary(cell, tmp_path, {2: 0.8, 3: 0.8})
+    path = tmp_path / cells[-1].run_name / "summary.json"  # fedmedian under attack
+    summary = json.loads(path.read_text())
+    for tasks in summary["per_client"].values():
+        for metrics in tasks.values():
+            metrics.pop("val/accuracy", None)
+    path.write_text(json.dumps(summary))
+    text = rb.render(
+        rb.collect(cells, tmp_path), [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md"
+    )
+    assert "not enough completed cells for a verdict" in text
+
+
+def test_the_prose_follows_the_config_and_the_run_files(tmp_path: Path) -> None:
+    """Numbers the report used to type (10 clients, 2 of 10 cut, Bulyan's f ≤ 1 with 10
+    clients, a 2-core machine, about a second a round) come from the config and the cells'
+    files: here 15 clients, 16 CPUs, rounds of 4 and 2 s in a 30 s cell."""
+    base = {**BASE, "num-clients": 15}
+    cells = rb.grid(["fedavg", "fedtrimmedavg", "bulyan"], [SIGN_FLIP], seeds=[0])
+    for cell in cells:
+        fake_summary(cell, tmp_path, {c: 0.8 for c in range(2, 15)}, base=base)
+    text = rb.render(
+        rb.collect(cells, tmp_path), [SIGN_FLIP], [0], base, "cmd", None, tmp_path / "R.md"
+    )
+    assert "`trim-beta = 0.2` (3 of 15 cut at each end)" in text
+    assert "allows at most f = 3 with 15 clients" in text
+    assert "10 clients" not in text and "2-core" not in text and "about a second" not in text
+    default_ratio = parse_run_config({}).max_update_ratio
+    assert f"default reply check `max-update-ratio = {default_ratio:g}`" in text
+    assert (
+        "Per cell (median) on 16-CPU machine(s): 30 s in all, of which 6 s are the rounds" in text
+    )
+    assert "(median round 3.00 s)" in text
+    assert "commit" not in text
 
 
 def test_lost_honest_clients_are_counted_and_disqualify_a_defence(tmp_path: Path) -> None:
@@ -97,7 +177,7 @@ def test_lost_honest_clients_are_counted_and_disqualify_a_defence(tmp_path: Path
     assert [r.lost for r in results] == [0, 0, 0, 0, 0, 1]
     text = rb.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
     assert "| 95.0 ± 0.0 (1 lost) |" in text
-    assert "best defence **fedmedian** 79.0 %" in text
+    assert "best defence on validation **fedmedian** (79.0 % on validation): test 79.0 %" in text
 
 
 def test_missing_failed_and_diverged_cells_are_shown_not_hidden(tmp_path: Path) -> None:
@@ -251,8 +331,23 @@ def test_two_real_cells_produce_the_table_and_resume(
         assert summary["config"]["attack"] == (cell.attack.name if cell.attack else "none")
         summaries.append(summary)
     results = rb.collect(cells, tmp_path)
-    expected = [rb.honest_accuracy(s, rb.ATTACKERS) for s in summaries]
-    assert [r.accuracy for r in results] == expected
+
+    def by_hand(summary: dict[str, Any], split: str) -> float:
+        """Mean over tasks of the mean over honest clients (ids 2, 3, ...) holding it."""
+        per_task: dict[str, list[float]] = {}
+        for client, tasks in summary["per_client"].items():
+            if int(client) >= 2:
+                for task, metrics in tasks.items():
+                    if f"{split}/accuracy" in metrics:
+                        per_task.setdefault(task, []).append(metrics[f"{split}/accuracy"])
+        assert per_task and set(per_task) <= {"left", "right", "parity", "equal"}
+        return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+
+    expected = [by_hand(s, "test") for s in summaries]
+    assert [r.accuracy for r in results] == pytest.approx(expected, abs=1e-12)
+    assert [r.val_accuracy for r in results] == pytest.approx(
+        [by_hand(s, "val") for s in summaries], abs=1e-12
+    )
     text = rb.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
     row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
     assert f"| {100 * expected[0]:.1f} ± 0.0 | {100 * expected[1]:.1f} ± 0.0 |" in row

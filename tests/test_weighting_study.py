@@ -46,6 +46,57 @@ def test_delta_m_signs_follow_the_metric_direction() -> None:
     assert relative_delta({"t0": 1.1, "t1": 0.45}, ew, metric) == pytest.approx(10.0)
 
 
+def test_report_prose_follows_the_config_and_the_runs(tmp_path: Path) -> None:
+    """Numbers the report used to type (a 2-core box, about 40 s of start-up per run,
+    α=0.5, batch 32, lr 0.05, hidden 64, a 6-client plan, t0/t2 regression and t1/t3 binary,
+    three seeds, ~70 % of the samples) come from the config, the runs and the split code:
+    here a config and results unlike the old literals."""
+    import os
+
+    from common.config import parse_run_config
+    from experiments.weighting_study import build_table, write_report
+
+    base = {
+        "dataset": "synthcorr",
+        "num-clients": 4,
+        "num-server-rounds": 3,
+        "samples-per-client": 120,
+        "local-epochs": 1,
+        "batch-size": 16,
+        "lr": 0.2,
+        "hidden": 48,
+        "dirichlet-alpha": 2.0,
+    }
+    seeds = (0, 1, 2, 3, 4)
+    settings = StudySettings(
+        methods=("ew", "pcgrad"),
+        correlations=(0.3,),
+        seeds=seeds,
+        base=base,
+        out=tmp_path / "WEIGHTING.md",
+        plots=tmp_path / "plots",
+    )
+    values = {
+        (0.3, m, s): {"t0": ("accuracy", 0.6 + 0.01 * s), "t1": ("mae", 1.0 + 0.1 * s)}
+        for m in settings.methods
+        for s in seeds
+    }
+    write_report(build_table(values, settings), settings, 90.0, 600.0, [12.0, 14.0])
+    text = settings.out.read_text()
+    assert f" {os.cpu_count()} CPU cores); 10 Flower simulations: 10 min" in text
+    assert "Flower's start-up, 13 s per run on average over the 2 run(s)" in text
+    assert "partitioner dirichlet α=2, batch 16, lr 0.2, hidden 48, the default 4-client" in text
+    cfg = parse_run_config(base)
+    assert f"`cagrad-c={cfg.cagrad_c:g}`, `mgda-normalize={cfg.mgda_normalize}`" in text
+    assert "Tasks t1 regression (test MAE, lower is better); t0 classification" in text
+    assert "5 seed(s) make the 2-std rule" in text
+    assert (
+        "3 rounds of 1 local epochs on the 70% training split of `samples-per-client = 120`" in text
+    )
+    for stale in ("2-core", "40 s", "hidden 64", "t1, t3 binary", "three seeds", "issue"):
+        assert stale not in text, stale
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path: Path, sim_engine: SimulationEngine) -> None:
     settings = StudySettings(

@@ -1,4 +1,4 @@
-"""Benchmarks of fedmtl on Flower (issue 7): they measure, print, and write
+"""Benchmarks of fedmtl on Flower: they measure, print, and write
 docs/PERFORMANCE.md; none of them is a timed test. `python -m experiments.bench`.
 
 Sections: `overhead` (Flower vs the bare loop, Flower's own cost per call and per wave, the

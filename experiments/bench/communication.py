@@ -8,8 +8,9 @@ per client and training round, against the encoder's parameter count × 4 B. Com
 test accuracy over the classification tasks.
 
 Evaluation is switched off in every round but the last (`fraction-evaluate=0`, `eval-every`
-= the round count): with the default `fraction-evaluate=1`, a sampled evaluation would run
-every round whatever `eval-every` says, and its messages would mix into the byte counts.
+= the round count), set explicitly: with `fraction-evaluate` above 0, a sampled evaluation
+would run every round whatever `eval-every` says, and its messages would mix into the byte
+counts.
 """
 
 from __future__ import annotations

@@ -33,12 +33,15 @@ from experiments.bench.harness import BenchContext
 from experiments.bench.stats import median
 from experiments.launch import REPO, STATE, toml_value
 
+POLL_S = 0.1  # the patched MeteredGrid's pull interval and the SuperExec poll variant's
+GRID_POLL_KEY = f"grid_poll_{POLL_S:g}s"
+BOTH_POLL_KEY = f"grid_and_superexec_poll_{POLL_S:g}s"
 GRID_ANCHOR = "replies = list(self.inner.send_and_receive(messages, timeout=timeout))"
 GRID_PATCH = "replies = _send_and_receive_polling(self.inner, messages, timeout)"
-GRID_HELPER = '''
+GRID_HELPER = f'''
 
 def _send_and_receive_polling(
-    inner: Grid, messages: list[Message], timeout: float | None, interval: float = 0.1
+    inner: Grid, messages: list[Message], timeout: float | None, interval: float = {POLL_S!r}
 ) -> list[Message]:
     """Push, then pull every `interval` s (deployment's HttpGrid sleeps 3 s between pulls)."""
     import time
@@ -49,7 +52,7 @@ def _send_and_receive_polling(
     while ids:
         got = list(inner.pull_messages(ids))
         replies += got
-        ids -= {m.metadata.reply_to_message_id for m in got}
+        ids -= {{m.metadata.reply_to_message_id for m in got}}
         if not ids or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(interval)
@@ -120,7 +123,7 @@ def import_breakdown(
 
 
 def patched_app(dest: Path) -> Path | None:
-    """A slim copy of the app whose MeteredGrid polls every 0.1 s; None if the anchor moved.
+    """A slim copy of the app whose MeteredGrid polls every POLL_S; None if the anchor moved.
     (Slim only changes how fast `flwr run` builds the FAB, not the rounds compared here.)"""
     slim_app(dest)
     grid = dest / "server" / "metered_grid.py"
@@ -238,22 +241,22 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     out["tls"] = _deploy_run(ctx, "tls", one, insecure=False)
     app = patched_app(STATE / "bench-deploy" / "patched-app")
     if app is None:
-        out["grid_poll_0.1s"] = {"skipped": f"anchor not found: {GRID_ANCHOR}"}
+        out[GRID_POLL_KEY] = {"skipped": f"anchor not found: {GRID_ANCHOR}"}
     else:
-        out["grid_poll_0.1s"] = _deploy_run(ctx, "grid-poll", one, insecure=True, app_dir=app)
-        out["grid_and_superexec_poll_0.1s"] = _deploy_run(
+        out[GRID_POLL_KEY] = _deploy_run(ctx, "grid-poll", one, insecure=True, app_dir=app)
+        out[BOTH_POLL_KEY] = _deploy_run(
             ctx,
             "grid-superexec-poll",
             one,
             insecure=True,
             app_dir=app,
-            env_extra={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
+            env_extra={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": f"{POLL_S:g}"},
         )
         shutil.rmtree(app, ignore_errors=True)
     dep = out["insecure"]
     out["ratio_round_deploy_vs_sim"] = dep["round_median_s"] / sim_summary["warm_round_median_s"]
     out["ratio_wave_tls_vs_insecure"] = out["tls"]["wave_median_s"] / dep["wave_median_s"]
-    for key in ("grid_poll_0.1s", "grid_and_superexec_poll_0.1s"):
+    for key in (GRID_POLL_KEY, BOTH_POLL_KEY):
         if "wave_median_s" in out.get(key, {}):
             out[f"ratio_wave_{key}_vs_insecure"] = out[key]["wave_median_s"] / dep["wave_median_s"]
     out["targets"] = []

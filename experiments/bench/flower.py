@@ -27,6 +27,7 @@ from experiments.launch import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROBE_APP = BENCH_DIR / "probe"
+PROBE_PAYLOAD = 1000  # float32 values the probe sends each way per message
 
 
 def slim_app(dest: Path, repo: Path | None = None) -> Path:
@@ -269,7 +270,7 @@ def run_probe(
     waves: list[int],
     repeats: int,
     cpus_per_client: float = 1,
-    payload: int = 1000,
+    payload: int = PROBE_PAYLOAD,
     federation_extra: dict[str, Any] | None = None,
     timeout: float = 900.0,
     tag: str = "probe",

@@ -224,6 +224,23 @@ def fab_build_cost(slim_dir: Path, repeats: int = 2) -> dict[str, Any]:
     return out
 
 
+# --- the simulation knobs ---
+
+
+def knob_runs(mini: dict[str, Any]) -> list[tuple[str, dict[str, Any], float, dict[str, Any]]]:
+    """Each knob tried on the mini config: (tag, run-config overrides, CPUs per client,
+    federation options). The report describes the knobs from this same list."""
+    return [
+        (
+            "eval-every",
+            {"eval-every": parse_run_config(mini).num_server_rounds, "fraction-evaluate": 0.0},
+            1,
+            {},
+        ),
+        ("4-actors", {}, 1, {"init-args-num-cpus": 4}),
+    ]
+
+
 # --- a Flower run, taken apart ---
 
 
@@ -411,16 +428,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             bares.append(bare_subprocess(default))
             ctx.log(f"overhead: bare wall {bares[-1]['process_wall_s']:.1f}s")
         knobs = {"baseline": _flower(engine, ctx, mini, "mini-baseline", 1)}
-        knob_list: list[tuple[str, dict[str, Any], float, dict[str, Any]]] = [
-            (
-                "eval-every",
-                {"eval-every": mini["num-server-rounds"], "fraction-evaluate": 0.0},
-                1,
-                {},
-            ),
-            ("4-actors", {}, 1, {"init-args-num-cpus": 4}),
-        ]
-        for tag, over, cpus, extra in knob_list:
+        for tag, over, cpus, extra in knob_runs(mini):
             knobs[tag] = _flower(engine, ctx, {**mini, **over}, f"mini-{tag}", cpus, **extra)
         # Not a Flower knob but a large fixed cost found: the FAB is built by walking the
         # whole app directory. The engine submits a slim copy (`stage_app`); the same mini

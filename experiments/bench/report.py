@@ -4,11 +4,20 @@ and re-run on saved ones."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from common.config import parse_run_config
+from experiments.bench.communication import CLASSIFICATION, PARALLEL
+from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S
+from experiments.bench.flower import PROBE_PAYLOAD
+from experiments.bench.sampling import MEMORY_INTERVAL_S
 from experiments.launch import REPO
 
 DOC = REPO / "docs" / "PERFORMANCE.md"
@@ -20,6 +29,71 @@ COMMANDS = {
     "report": "python -m experiments.bench --report-only   # re-render from results/bench/*.json",
     "quick": "python -m experiments.bench --quick --no-doc   # smoke test of the harness",
 }
+BENCH_MINUTES = 30.0  # target: all sections together
+# Intervals in Flower's own code that the timings below are explained with. Read from the
+# installed flwr, not typed, so the text follows the Flower that ran; a test checks that each
+# is still found. name -> (module, object in it, pattern whose group 1 is the seconds).
+FLOWER_FACTS: dict[str, tuple[str, str, str]] = {
+    "vce_tick_s": (
+        "flwr.server.superlink.fleet.vce.vce_api",
+        "add_messages_to_queue",
+        r"f_stop\.wait\(([\d.]+)\)",
+    ),
+    "inmemory_pull_s": (
+        "flwr.superlink.grid.inmemory_grid",
+        "InMemoryGrid.__init__",
+        r"pull_interval: float = ([\d.]+)",
+    ),
+    "superexec_poll_s": (
+        "flwr.supercore.superexec.run_superexec",
+        "",
+        r"_DEFAULT_TASK_POLL_INTERVAL_SECONDS = ([\d.]+)",
+    ),
+    "supernode_idle_poll_s": (
+        "flwr.supernode.start_client_internal",
+        "",
+        r"If no message was received, wait for a while\s+time\.sleep\(([\d.]+)\)",
+    ),
+    "http_grid_pull_s": (
+        "flwr.superlink.grid.http_grid",
+        "HttpGrid.send_and_receive",
+        r"time\.sleep\(([\d.]+)\)",
+    ),
+}
+
+
+@cache
+def flower_facts() -> dict[str, float | None]:
+    """Each FLOWER_FACTS interval in seconds, or None where the source no longer matches."""
+    out: dict[str, float | None] = {}
+    for name, (module, qualname, pattern) in FLOWER_FACTS.items():
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in filter(None, qualname.split(".")):
+                obj = getattr(obj, part)
+            match = re.search(pattern, inspect.getsource(obj))
+        except (ImportError, AttributeError, OSError, TypeError):
+            match = None
+        out[name] = float(match.group(1)) if match else None
+    return out
+
+
+def fact(name: str) -> str:
+    """A FLOWER_FACTS interval for the text ('?' when not found)."""
+    value = flower_facts()[name]
+    return "?" if value is None else f"{value:g}"
+
+
+def federation_option(federation: str, key: str) -> str:
+    """One option's value in a federation config string ('?' when absent)."""
+    match = re.search(rf"(?:^| ){re.escape(key)}=(\S+)", federation or "")
+    return match.group(1) if match else "?"
+
+
+def federation_changes(federation: str, baseline: str) -> list[str]:
+    """The options of `federation` that are not in `baseline`, as `key=value`."""
+    base = set((baseline or "").split())
+    return [x for x in (federation or "").split() if x not in base]
 
 
 def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -65,8 +139,8 @@ def targets_table(sections: dict[str, dict[str, Any]]) -> list[str]:
                 "bench",
                 "`python -m experiments.bench`: all sections (sum of their durations)",
                 fmt(minutes, 1, " min"),
-                "≤ 30 min",
-                "**met**" if minutes <= 30 else "**not met**",
+                f"≤ {BENCH_MINUTES:g} min",
+                "**met**" if minutes <= BENCH_MINUTES else "**not met**",
                 f"1-min load average after each section: {', '.join(fmt(x, 1) for x in loads)}",
             ]
         )
@@ -76,18 +150,24 @@ def targets_table(sections: dict[str, dict[str, Any]]) -> list[str]:
 # --- sections ---
 
 
-def render_overhead(s: dict[str, Any]) -> list[str]:
+def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     cfg = s.get("config", {})
     extra = f" + {cfg['overrides']}" if cfg.get("overrides") else ""
+    run_cfg = parse_run_config(cfg.get("overrides", {}))
+    engines = ", ".join(
+        f"`{tag}` with {federation_option(f.get('federation', ''), 'client-resources-num-cpus')}"
+        " CPU per client"
+        for tag, f in s.get("flower", {}).items()
+    )
     out = [
         "## 1. Overhead vs the physical limit",
         "",
         f"Config: `make run` defaults ({cfg.get('resolved_clients', '?')} clients, "
-        f"{cfg.get('rounds', '?')} rounds, MultiDigits, fedper){extra}. "
-        "Flower: `SimulationEngine` with 1 CPU per client (2 actors, as `make run`) and 2 CPUs "
-        "per client (1 actor: serial like the bare loop). Bare: `run_bare` in a fresh "
+        f"{cfg.get('rounds', '?')} rounds, {run_cfg.dataset}, {run_cfg.algorithm}){extra}. "
+        f"Flower: `SimulationEngine` runs, {engines}; a single actor is serial like the bare "
+        "loop. Bare: `run_bare` in a fresh "
         "interpreter (its wall time includes Python, torch and data start-up), run before, "
-        "between and after the two Flower runs "
+        f"between and after the {len(s.get('flower', {}))} Flower runs "
         f"(walls: {', '.join(fmt(w, 1) for w in s.get('bare_walls_s', []))} s): each Flower "
         "run is compared with the mean of the two bare runs around it, and the range "
         "against each of them shows how much the machine's load moved meanwhile. `make run` "
@@ -144,7 +224,8 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
     out += [
         "Fixed start-up = total − N × median warm round. It is where Flower's overhead is: "
         "the CLI builds and uploads the FAB, the SuperLink's SuperExec polls for the run "
-        "(1 s) and starts `flwr-simulation`, which imports the ServerApp, starts Ray, "
+        f"(every {fact('superexec_poll_s')} s) and starts `flwr-simulation`, which imports the "
+        "ServerApp, starts Ray, "
         "creates the actors, and each actor imports torch + the ClientApp and builds its data "
         "on its first message (round 1); at the end, summary/plots, Ray shutdown and the CLI "
         "exit.",
@@ -200,15 +281,15 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
             f"({fmt(app['warm_local_round_s'] * 1000, 1)} ms); `open_session` (config, cached "
             f"data, model build, state restore) {fmt(app['warm_open_session_s'] * 1000, 1)} ms. "
             f"The first message of a process costs {fmt(app['first_message_s'], 2)} s "
-            f"(data, first torch calls). With 2 actors the remainder includes the gain from "
-            "running 2 clients at once, so it can be negative; the 1-actor row is the "
+            "(data, first torch calls). With more than one actor the remainder includes the gain "
+            "from running clients at once, so it can be negative; the one-actor row is the "
             "like-for-like one.",
             "",
         ]
     probe = s.get("probe", {})
     if probe:
         out += [
-            "### Flower alone: probe app (trivial ClientApp, 1000 float32 each way)",
+            f"### Flower alone: probe app (trivial ClientApp, {PROBE_PAYLOAD} float32 each way)",
             "",
             "`experiments/bench/probe/` echoes what it gets; its ServerApp times waves of "
             "messages with `grid.send_and_receive`. The first wave (cold) waits for Ray and "
@@ -244,34 +325,31 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
             rows,
         )
         out += [
-            "Where it comes from (flwr 1.42 source): `vce_api.add_messages_to_queue` wakes every "
-            "0.1 s and asks the in-memory LinkState for one message per node, for every node; "
+            f"Where it comes from (flwr {machine.get('flwr', '?')} source): "
+            f"`vce_api.add_messages_to_queue` wakes every {fact('vce_tick_s')} s "
+            "and asks the in-memory LinkState for one message per node, for every node; "
             "each `get_message_ins` scans the whole message store under the state lock, so a "
             "tick costs O(nodes × stored messages) and blocks `store_message_res` and the "
-            "ServerApp's pulls meanwhile. `InMemoryGrid.send_and_receive` pulls every 0.1 s. "
+            "ServerApp's pulls meanwhile. `InMemoryGrid.send_and_receive` pulls every "
+            f"{fact('inmemory_pull_s')} s. "
             "One worker thread per actor calls `RayBackend.process_message`, which pickles the "
             "ClientApp loader, the message and the node's whole `Context` (its `state` holds "
             "the private heads) to the actor and back for every message "
-            "(`ray_actor.ClientAppActor.run`). A small wave therefore costs one or two 0.1 s "
-            "ticks whatever it carries; a large federation pays the per-tick scan.",
+            "(`ray_actor.ClientAppActor.run`). A small wave therefore costs one or two ticks "
+            "whatever it carries; a large federation pays the per-tick scan.",
             "",
         ]
     knobs = s.get("knobs", {})
     if knobs:
         base = knobs.get("baseline", {})
         rows = []
-        mini_rounds = cfg.get("mini", {}).get("num-server-rounds", "?")
-        changes = {
-            "baseline": "–",
-            "eval-every": f"run config `eval-every={mini_rounds} fraction-evaluate=0`",
-            "4-actors": "federation config `init-args-num-cpus=4`",
-            "repo-dir": "submitted from the repository directory instead of the slim copy",
-        }
+        mini = cfg.get("mini", {})
+        mini_cfg = parse_run_config(mini)
         for tag, k in knobs.items():
             rows.append(
                 [
                     tag,
-                    changes.get(tag, f"`{k['federation']}`"),
+                    knob_change(tag, k, mini),
                     fmt(k["wall_s"], 1),
                     fmt(k["submit_to_serverapp_s"], 1),
                     fmt(k["round1_s"], 1),
@@ -279,9 +357,8 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
                     fmt(k["wall_s"] / base["wall_s"], 2, "×") if base else "–",
                 ]
             )
-        mini = cfg.get("mini", {})
         out += [
-            f"### Knobs (real app, {mini.get('num-server-rounds', '?')} rounds, same engine, "
+            f"### Knobs (real app, {mini_cfg.num_server_rounds} rounds, same engine, "
             "one after another)",
             "",
         ]
@@ -298,13 +375,7 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
             rows,
         )
         out += [
-            "`eval-every` = the round count together with `fraction-evaluate=0` (with the default "
-            "`fraction-evaluate=1` every round still runs a sampled evaluation of all clients, "
-            "so `eval-every` alone saves nothing). `4-actors` is `init-args-num-cpus=4`: Ray is "
-            "told there are 4 CPUs on this 2-core machine. `client-resources-num-cpus` 1 vs 2 "
-            "is the 2-actor vs 1-actor comparison above; Ray's logging options "
-            '(`init-args-log-to-driver=false init-args-logging-level="ERROR"`) are tried on '
-            "the probe (`quiet-ray`), where nothing else costs time. `client-resources-num-gpus` "
+            _knob_notes(s, machine, mini_cfg.fraction_evaluate) + " `client-resources-num-gpus` "
             "and `init-args-num-gpus` do nothing without a GPU. `repo-dir` is no Flower "
             "option: every row but it submits a slim copy of the app (only `client/`, "
             "`common/`, `server/` and pyproject.toml, `experiments.launch.stage_app`, which "
@@ -328,6 +399,67 @@ def render_overhead(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def knob_change(tag: str, knob: dict[str, Any], mini: dict[str, Any]) -> str:
+    """What a knob row changed against the baseline, from the knob definitions the bench
+    ran (`overhead.knob_runs`)."""
+    from experiments.bench.overhead import knob_runs
+
+    if tag == "baseline":
+        return "–"
+    if tag == "repo-dir":
+        return "submitted from the repository directory instead of the slim copy"
+    for name, over, _cpus, extra in knob_runs(mini):
+        if name == tag:
+            parts = []
+            if over:
+                parts.append("run config `" + " ".join(f"{k}={v:g}" for k, v in over.items()) + "`")
+            if extra:
+                parts.append(
+                    "federation config `" + " ".join(f"{k}={v}" for k, v in extra.items()) + "`"
+                )
+            return "; ".join(parts)
+    return f"`{knob.get('federation', '?')}`"
+
+
+def _knob_notes(s: dict[str, Any], machine: dict[str, Any], fraction_evaluate: float) -> str:
+    """The knobs explained, every setting read from the runs' federation configs, the run
+    config defaults and the machine record."""
+    knobs, flower, probe = s.get("knobs", {}), s.get("flower", {}), s.get("probe", {})
+    base = knobs.get("baseline", {}).get("federation", "")
+    out = [
+        "`eval-every` = the round count together with `fraction-evaluate=0`"
+        + (
+            f" (with the default `fraction-evaluate={fraction_evaluate:g}` every round still "
+            "runs a sampled evaluation, so `eval-every` alone saves little)."
+            if fraction_evaluate > 0
+            else " (`fraction-evaluate` is 0 by default, so the knob drops the full "
+            "evaluations of every round but the last)."
+        )
+    ]
+    for tag, k in knobs.items():
+        changes = federation_changes(k.get("federation", ""), base)
+        if tag != "baseline" and changes:
+            out.append(
+                f"`{tag}` sets `{' '.join(changes)}` on a {machine.get('cores', '?')}-core machine."
+            )
+    cpus = [
+        f"{federation_option(f.get('federation', ''), 'client-resources-num-cpus')} (`{tag}`)"
+        for tag, f in flower.items()
+    ]
+    if len(cpus) > 1:
+        out.append(f"`client-resources-num-cpus` {' vs '.join(cpus)} is compared above.")
+    first = next(iter(probe.values()), {}).get("federation", "")
+    for tag, p in probe.items():
+        changes = [
+            c
+            for c in federation_changes(p.get("federation", ""), first)
+            if "num-supernodes" not in c
+        ]
+        if changes:
+            out.append(f"The probe `{tag}` tries `{' '.join(changes)}`.")
+    return " ".join(out)
+
+
 def probe_dispatch_estimate(probe: dict[str, Any] | None, clients: int) -> float | None:
     """Flower's dispatch per round of the real app from the probe with the same actors:
     2 waves (training, evaluation) at the small-wave time + 2·clients calls."""
@@ -340,25 +472,30 @@ def probe_dispatch_estimate(probe: dict[str, Any] | None, clients: int) -> float
     return 2 * _median(small) + 2 * clients * max(per_call, 0.0)
 
 
-def render_scale(s: dict[str, Any]) -> list[str]:
+def render_scale(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     runs = s.get("runs", {})
     main = runs.get("main", {})
+    sweep = [r for name, r in runs.items() if name != "main"]
+    stopped = max((len(r.get("round_seconds", [])) for r in sweep), default=None)
     out = [
         "## 2. Scale",
         "",
         f"SynthCorr, {s.get('clients')} clients × {s.get('samples_per_client')} samples "
-        f"(main run) or × {s.get('sweep_samples_per_client')} (sweep: stopped after round 3, "
-        "so its first, cold round of partitioning stays short), `fraction-train` = k/clients, "
+        f"(main run) or × {s.get('sweep_samples_per_client')} (sweep: stopped after round "
+        f"{stopped if stopped is not None else '?'}, so its first, cold round of partitioning "
+        "stays short), `fraction-train` = k/clients, "
         "`fraction-evaluate=0`, `eval-every` past the end: only the main run's last round "
         "evaluates every client. Memory: every process below the SuperLink "
-        "(SuperExec, flwr-simulation, Ray GCS/raylet/agents, actors), sampled every 0.5 s "
-        "from /proc; RSS counts shared pages once per process, PSS splits them.",
+        "(SuperExec, flwr-simulation, Ray GCS/raylet/agents, actors), sampled every "
+        f"{MEMORY_INTERVAL_S:g} s from /proc; RSS counts shared pages once per process, PSS "
+        "splits them.",
         "",
     ]
     if main:
         out += [
             f"Main run ({main['clients_per_round'][0] if main.get('clients_per_round') else '?'} "
-            f"per round, 5 rounds): status `{main['status']}`, wall {fmt(main['wall_s'], 1)} s, "
+            f"per round, {len(main.get('round_seconds', []))} rounds): status "
+            f"`{main['status']}`, wall {fmt(main['wall_s'], 1)} s, "
             f"round 1 (cold: each actor imports torch and partitions all clients) "
             f"{fmt(main['round1_s'], 1)} s, warm training round "
             f"{fmt(main['warm_train_median_s'], 2)} s, final full evaluation of every client "
@@ -422,7 +559,7 @@ def render_scale(s: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_aggregation(s: dict[str, Any]) -> list[str]:
+def render_aggregation(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     enc, heads = s.get("encoder", {}), s.get("heads", {})
     out = [
         "## 3. Aggregation",
@@ -459,14 +596,14 @@ def render_aggregation(s: dict[str, Any]) -> list[str]:
         "with `np.save`: several passes over memory per update where the reference makes one. "
         "The proposed variant reads each update in place (`np.frombuffer` past the .npy "
         "header) and adds it scaled with BLAS `saxpy` (acc += w·x, one pass, one BLAS "
-        "thread: OpenBLAS's spinning threads made it 5-10× slower on this loaded machine); it "
+        "thread, so OpenBLAS's spinning threads do not compete with the other processes); it "
         "gives the same result as Flower's to float32 rounding (tested).",
         "",
     ]
     return out
 
 
-def render_communication(s: dict[str, Any]) -> list[str]:
+def render_communication(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     out = [
         "## 4. Communication",
         "",
@@ -475,7 +612,7 @@ def render_communication(s: dict[str, Any]) -> list[str]:
         f"alone; round 1 is left out: fedavg has no heads to send yet). fedper is the "
         f"compression `none` run ({s.get('compression_rounds')} rounds), the others ran "
         f"{s.get('algorithm_rounds')} rounds. Nothing in this section is timed (seeds fix "
-        "bytes and accuracies), so its runs go two at a time.",
+        f"bytes and accuracies), so up to {PARALLEL} of its runs go at a time.",
         "",
     ]
     rows = [
@@ -518,7 +655,7 @@ def render_communication(s: dict[str, Any]) -> list[str]:
     out += [
         f"Compression on MultiDigits (fedper, default clients), {s.get('compression_rounds')} "
         f"rounds, seeds {s.get('seeds')}: mean test accuracy over the classification tasks "
-        "(left, right, parity, equal) in the final round, in %.",
+        f"({', '.join(CLASSIFICATION)}) in the final round, in %.",
         "",
     ]
     out += table(
@@ -535,16 +672,26 @@ def render_communication(s: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_deployment(s: dict[str, Any]) -> list[str]:
+def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     cfg = s.get("config", {})
+    run_cfg = parse_run_config(cfg)
+    sim_rounds = len(s.get("simulation", {}).get("round_seconds", []))
+    variant_rounds = sorted(
+        {
+            len(s[k]["round_seconds"])
+            for k in ("tls", GRID_POLL_KEY, BOTH_POLL_KEY)
+            if k in s and "round_seconds" in s[k]
+        }
+    )
+    variants = " or ".join(map(str, variant_rounds)) or "?"
     out = [
         "## 5. Deployment latency",
         "",
-        f"{cfg.get('num-clients')} clients, default MultiDigits config; a round is a training "
-        "wave and an evaluation wave. Loopback deployment (`LocalDeployment`, subprocess "
-        "isolation: every message starts a fresh ClientApp process, so all its rounds are "
-        "alike; the variants run 1 round) vs Flower's simulation of the same config (3 rounds: "
-        "round 1 is cold, later ones warm).",
+        f"{run_cfg.num_clients} clients, default {run_cfg.dataset} config; a round is a "
+        "training wave and an evaluation wave. Loopback deployment (`LocalDeployment`, "
+        "subprocess isolation: every message starts a fresh ClientApp process, so all its "
+        f"rounds are alike; the variants run {variants} round(s)) vs Flower's simulation of the "
+        f"same config ({sim_rounds} rounds: round 1 is cold, later ones warm).",
         "",
     ]
     rows = []
@@ -552,8 +699,11 @@ def render_deployment(s: dict[str, Any]) -> list[str]:
         ("simulation", "simulation"),
         ("insecure", "deployment, insecure"),
         ("tls", "deployment, TLS + node auth"),
-        ("grid_poll_0.1s", "deployment, insecure, MeteredGrid pulls every 0.1 s (patched copy)"),
-        ("grid_and_superexec_poll_0.1s", "… and FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1"),
+        (
+            GRID_POLL_KEY,
+            f"deployment, insecure, MeteredGrid pulls every {POLL_S:g} s (patched copy)",
+        ),
+        (BOTH_POLL_KEY, f"… and FLWR_SUPEREXEC_TASK_POLL_INTERVAL={POLL_S:g}"),
     ):
         d = s.get(key)
         if not d or "skipped" in d:
@@ -588,8 +738,8 @@ def render_deployment(s: dict[str, Any]) -> list[str]:
         f"TLS / insecure, per wave: {fmt(s.get('ratio_wave_tls_vs_insecure'), 2)}×",
     ]
     for key, label in (
-        ("grid_poll_0.1s", "grid pull every 0.1 s / insecure"),
-        ("grid_and_superexec_poll_0.1s", "grid + SuperExec poll 0.1 s / insecure"),
+        (GRID_POLL_KEY, f"grid pull every {POLL_S:g} s / insecure"),
+        (BOTH_POLL_KEY, f"grid + SuperExec poll {POLL_S:g} s / insecure"),
     ):
         if f"ratio_wave_{key}_vs_insecure" in s:
             ratios.append(f"{label}, per wave: {fmt(s[f'ratio_wave_{key}_vs_insecure'], 2)}×")
@@ -604,16 +754,18 @@ def render_deployment(s: dict[str, Any]) -> list[str]:
             "Cumulative import time of the heavy modules (`-X importtime`, import + first data "
             "load): "
             + ", ".join(f"`{k}` {fmt(v, 2)} s" for k, v in imports.items())
-            + ". On top: an idle SuperNode polls every 3 s (hard-coded), SuperExec looks "
-            "for tasks every 1 s, and the ServerApp's `HttpGrid.send_and_receive` sleeps 3 s "
-            "between pulls, so a wave is rounded up to a multiple of 3 s. All three nodes start "
-            "their processes at once on 2 cores.",
+            + f". On top: an idle SuperNode polls every {fact('supernode_idle_poll_s')} s "
+            f"(hard-coded), SuperExec looks for tasks every {fact('superexec_poll_s')} s, and "
+            f"the ServerApp's `HttpGrid.send_and_receive` sleeps {fact('http_grid_pull_s')} s "
+            "between pulls, so a wave is rounded up to a multiple of that. All "
+            f"{run_cfg.num_clients} nodes start their processes at once on "
+            f"{machine.get('cores', '?')} cores.",
             "",
         ]
     return out
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+RENDERERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "overhead": render_overhead,
     "scale": render_scale,
     "aggregation": render_aggregation,
@@ -629,7 +781,7 @@ def render(
     lines = [
         "# Performance",
         "",
-        "Written by `python -m experiments.bench` (issue 7); do not edit by hand, re-run it.",
+        "Written by `python -m experiments.bench`; do not edit by hand, re-run it.",
         "",
         "**Timings come from a shared machine** (other engineers' experiments were running): "
         "absolute seconds vary from run to run, so every comparison below is a ratio of two "
@@ -660,7 +812,7 @@ def render(
     lines += ["## Targets", "", *targets_table(sections)]
     for name in ORDER:
         if name in sections:
-            lines += RENDERERS[name](sections[name])
+            lines += RENDERERS[name](sections[name], machine)
     lines += ["## Commands", "", "```", *list(COMMANDS.values()), "```", ""]
     rows = [
         [

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+MEMORY_INTERVAL_S = 0.5  # how often TreeSampler reads the process tree by default
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -76,7 +77,9 @@ class TreeSampler:
     """Samples the memory of `root` and all its (present and former) descendants every
     `interval` seconds in a background thread; `peak_rss` / `peak_pss` in bytes."""
 
-    def __init__(self, root: int, interval: float = 0.5, *, measure: bool = True) -> None:
+    def __init__(
+        self, root: int, interval: float = MEMORY_INTERVAL_S, *, measure: bool = True
+    ) -> None:
         self.root = root
         self.interval = interval
         self.measure = measure  # False: only keep track of the tree (for `kill_leftovers`)

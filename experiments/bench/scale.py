@@ -22,6 +22,7 @@ from experiments.bench.harness import BenchContext
 from experiments.bench.stats import Target, fit_line, median
 
 MEMORY_LIMIT_GB = 4.0
+MAIN_ROUNDS = 5
 GB = 1e9
 
 
@@ -101,10 +102,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     out_dir = ctx.section_dir("scale")
     runs: dict[str, Any] = {}
     with BenchEngine() as engine:
-        ctx.log(f"scale: {n} clients, {main_sampled} per round, 5 rounds (memory sampled)")
+        ctx.log(f"scale: {n} clients, {main_sampled} per round, {MAIN_ROUNDS} rounds")
         main = run_fedmtl(
             engine,
-            scale_config(n, main_sampled, 5, samples),
+            scale_config(n, main_sampled, MAIN_ROUNDS, samples),
             out_dir,
             sample_memory=True,
             timeout=2400,
@@ -150,7 +151,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     peak_pss = max(r["peak_pss_gb"] for r in runs.values())
     targets = [
         Target(
-            f"{n} clients, {main_sampled}/round, 5 rounds: completes, peak RSS of the tree",
+            f"{n} clients, {main_sampled}/round, {MAIN_ROUNDS} rounds: completes, peak RSS of "
+            "the tree",
             peak_rss if runs["main"]["ok"] else float("nan"),
             MEMORY_LIMIT_GB,
             unit="GB",

@@ -38,7 +38,7 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any]:
 
 @dataclass
 class Target:
-    """One target of issue 7: the measured value against the limit, and whether it is met."""
+    """One benchmark target: the measured value against the limit, and whether it is met."""
 
     name: str
     measured: float

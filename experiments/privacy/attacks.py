@@ -1,7 +1,8 @@
 """The privacy attack suite (M1, M2, M3, R1, R2, A1) in one namespace.
 
 The code lives in `metrics`, `membership`, `reconstruction` and `attribute`; import from here.
-See /work/shared/notes/privacy.md for the threat model each attack belongs to.
+See docs/SECURITY.md (section 1) for the threat models and docs/PRIVACY.md for what each
+attack assumes of the attacker.
 """
 
 from .attribute import attribute_inference, compute_embeddings

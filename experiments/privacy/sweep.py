@@ -1,4 +1,4 @@
-"""Privacy sweep (issue 6.6): utility and attacks vs ε, private vs shared heads, SecAgg on/off.
+"""Privacy sweep: utility and attacks vs ε, private vs shared heads, SecAgg on/off.
 
     python -m experiments.privacy.sweep            # the full sweep, resumes finished cells
     python -m experiments.privacy.sweep --help     # smaller grids, other settings
@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -57,8 +58,8 @@ from client.state import read_state_files
 from client.train import build_model, build_weighting, evaluate, local_round
 from common.algorithms import get_algorithm
 from common.config import ConfigError, RunConfig, parse_run_config, same_training
-from common.datasets import dataset_tasks, multidigits
-from common.federation import ClientData, Split, load_client_data
+from common.datasets import MULTIDIGITS_TASKS, dataset_tasks, input_shape, multidigits
+from common.federation import ClientData, Split, client_tasks, load_client_data
 from common.models import MultiTaskModel
 from common.storage import atomic_write_json, read_arrays
 from common.tasks import TaskSpec
@@ -103,6 +104,8 @@ NA_REASON = {
 }
 INVERSION_TASK = "left"  # the 10-class task R2 and label recovery attack
 GOAL_EPSILON, GOAL_AUC, GOAL_DROP = 3.0, 0.55, 8.0
+PSNR_CAP_DB = 99.0  # an exact reconstruction's infinite PSNR counts as this in the means
+REPORTED_FPR = 0.01  # the membership tables' TPR@FPR column (`tpr_at_1pct_fpr`)
 
 
 @dataclass(frozen=True)
@@ -610,7 +613,7 @@ def inversion_attacks(
         results.append(
             {
                 "batch": len(idx),
-                "psnr": float(np.mean(np.minimum(psnrs, 99.0))),
+                "psnr": float(np.mean(np.minimum(psnrs, PSNR_CAP_DB))),
                 "ssim": float(np.mean(ssims)),
                 "label_acc": float(label_acc),
             }
@@ -857,6 +860,9 @@ def write_report(
         key=lambda g: (settings.algorithms.index(g[0]), g[2], -(g[1] or math.inf)),
     )
     seeds = sorted({c.seed for c in records})
+    cfg = parse_run_config(settings.base)
+    members, nonmembers = _split_sizes(records)
+    heads = len(dataset_tasks(cfg))
     lines = [
         "# Privacy: utility and attacks vs ε, private vs shared heads, secure aggregation",
         "",
@@ -867,10 +873,10 @@ def write_report(
         "```",
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} "
-        f"(Python {platform.python_version()}), {len(records)} Flower simulations "
-        f"(+ {len(na)} n/a cells) on a shared 2-core box. Recorded per cell: "
+        f"(Python {platform.python_version()}, {os.cpu_count()} CPU cores), {len(records)} "
+        f"Flower simulations (+ {len(na)} n/a cells). Recorded per cell: "
         f"{sum(r.get('run_wall_time_s') or 0 for r in records.values()) / 60:.0f} min of "
-        "server-side run time (excluding Flower's start-up, about 40 s per run here) and "
+        "server-side run time (excluding Flower's start-up) and "
         f"{sum(r.get('attack_seconds') or 0 for r in records.values()) / 60:.0f} min of "
         f"attacks; this invocation took {wall_s / 60:.1f} min (finished cells are resumed).",
         "",
@@ -878,21 +884,28 @@ def write_report(
         "",
         "- Run config: "
         + ", ".join(f"`{k}={v}`" for k, v in settings.base.items())
-        + "; everything else at its default (Dirichlet α=0.5 label skew, batch 32, lr 0.05, "
-        "hidden 64, EW). Only the final round is evaluated.",
+        + f"; everything else at its default (resolved: {_config_text(cfg)}). Evaluated every "
+        f"{cfg.eval_every} round(s) and in the last; `fraction-evaluate = "
+        f"{cfg.fraction_evaluate:g}`.",
         f"- Grid: algorithms {list(settings.algorithms)} × "
         f"{['no DP' if e is None else f'ε={e:g}' for e in settings.epsilons]} × secagg "
         f"{list(settings.secagg)} × seeds {seeds}. DP is sample-level DP-SGD (Opacus) on each "
         "client's whole model with `dp-noise-multiplier=0`: σ is calibrated per client to spend "
-        "`dp-epsilon` over all rounds (δ = 1e-5, C = 1).",
+        f"`dp-epsilon` over all rounds (δ = {cfg.dp_delta:g}, C = {cfg.dp_max_grad_norm:g}).",
         "- Numbers are mean ± std over seeds (sample std); within a seed, attack metrics are the "
         "mean over clients.",
         f"- M1: loss threshold on the sum of the client's task losses. M2: LiRA-offline (global "
         f"variance) with {settings.shadows} shadow models per (seed, ε), trained with the client "
         "code (`local_round` / `dp_round`, same rounds, epochs, ε) on the attacker's own "
-        "MultiDigits pool (another seed; all five heads, scored through the client's tasks). "
-        "Members: the client's train split; non-members: its test split (about 45 pairs per "
-        "client, so TPR at 1 % FPR is really TPR at 0 FPR; AUC is the headline).",
+        f"MultiDigits pool (another seed; all {heads} heads, scored through the client's "
+        "tasks). Members: the client's train split; non-members: its test split "
+        f"({_count(nonmembers)} pairs per client, median"
+        + (
+            f", so TPR at {REPORTED_FPR:.0%} FPR is really TPR at 0 FPR"
+            if nonmembers and nonmembers * REPORTED_FPR < 1
+            else ""
+        )
+        + "; AUC is the headline).",
         "- M3: cosine between an example's negative encoder gradient and what the server sees: "
         "the client's own encoder update (secagg off) or only the FedAvg aggregate (secagg on). "
         "Round 1 is replayed exactly with the client code (same seeds; the initial heads are "
@@ -907,7 +920,8 @@ def write_report(
         "DP the observed gradient is clipped per example and noised with the client's σ. fedper "
         "(head private): encoder gradients only, a guessed Linear head learned jointly, labels "
         "by DLG. fedavg (head shared): encoder + head gradients, labels recovered from the "
-        "head's last-layer gradient first. PSNR over 8×16 images in [0, 1] (best match per "
+        "head's last-layer gradient first. PSNR over "
+        f"{'×'.join(map(str, input_shape(cfg)))} images in [0, 1] (best match per "
         "example); `prior` is the PSNR of the mean training image, a no-attack baseline.",
         "",
     ]
@@ -988,23 +1002,26 @@ def write_report(
     lines += [
         "## Caveats",
         "",
-        "- Small data (about 210 training pairs per client) makes DP-SGD expensive in utility: "
-        "the noise on a 32-example batch dwarfs the clipped signal at these σ.",
-        "- M2's shadows are trained locally on all five tasks; the targets were trained "
-        "federated on two or three. Shadow pairs never equal a candidate pair, but MultiDigits "
-        "pairs reuse sklearn's 1797 digit images.",
+        f"- Small data ({_count(members)} training pairs per client, median) makes DP-SGD "
+        f"expensive in utility: the noise on a {cfg.batch_size}-example batch dwarfs the "
+        "clipped signal at these σ.",
+        f"- M2's shadows are trained locally on all {heads} tasks; the targets were trained "
+        f"federated on {_plan_sizes(cfg)}. Shadow pairs never equal a candidate pair, but "
+        f"MultiDigits pairs reuse sklearn's {_digit_images()} digit images.",
         "- M3 `final` and the per-example gradients at later rounds give the attacker the "
         "client's heads: an upper bound for fedper. Round 1 needs no such assumption.",
         "- R2 attacks one step of one task's loss (what a server sees from a client that takes "
         "a single step on a small batch); real rounds of several local steps over the whole "
         "split are harder to invert. An exact reconstruction has infinite PSNR, counted as "
-        "99 dB in the means.",
+        f"{PSNR_CAP_DB:g} dB in the means.",
         "- SecAgg+ runs are not bit-reproducible: Flower's quantisation rounds stochastically "
-        "with numpy's unseeded global RNG (steps of about 1e-5 per weight here). A perturbation "
+        "with numpy's unseeded global RNG (steps of 2 × `secagg-clipping-range` / "
+        f"`secagg-quantization-range` = {_secagg_step(cfg):.1g} per weight here). A perturbation "
         "of that size per round moves this short training's final accuracy by a few points, "
         "so secagg on/off utility differences should be read against the seed std.",
         "- Not done: the canary-based empirical ε lower bound (ε_lb = ln((TPR − δ)/FPR)); with "
-        "~45 non-members per client the ROC cannot resolve the small FPRs it needs.",
+        f"{_count(nonmembers)} non-members per client the ROC cannot resolve the small FPRs it "
+        "needs.",
         "",
         "Plots: `docs/privacy/utility_vs_epsilon.png`, `docs/privacy/attacks_vs_epsilon.png`, "
         "`docs/privacy/reconstruction_vs_epsilon.png`, `docs/privacy/epsilon_per_round.png`.",
@@ -1014,6 +1031,65 @@ def write_report(
     settings.out.write_text(text)
     write_plots(records, settings)
     return text
+
+
+def _split_sizes(records: dict[Cell, dict[str, Any]]) -> tuple[float | None, float | None]:
+    """Median members (train split) and non-members (test split) per client, from what the
+    membership attacks recorded."""
+    clients = [
+        c
+        for r in records.values()
+        for c in (r.get("membership") or {}).get("per_client", {}).values()
+    ]
+    if not clients:
+        return None, None
+    return (
+        float(np.median([c["members"] for c in clients])),
+        float(np.median([c["nonmembers"] for c in clients])),
+    )
+
+
+def _count(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
+def _config_text(cfg: RunConfig) -> str:
+    partition = cfg.partitioner + (
+        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
+    )
+    return (
+        f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}, "
+        f"weighting {cfg.weighting}"
+    )
+
+
+def _plan_sizes(cfg: RunConfig) -> str:
+    """'2 or 3 tasks': how many tasks the federation's clients hold (the task plan)."""
+    sizes = sorted(
+        {
+            len(client_tasks(cfg, dataset_tasks(cfg), c, cfg.num_clients))
+            for c in range(cfg.num_clients)
+        }
+    )
+    return " or ".join(map(str, sizes)) + " tasks"
+
+
+def _digit_images() -> int:
+    """How many images sklearn's bundled digits hold (every MultiDigits pair reuses them)."""
+    from sklearn.datasets import load_digits
+
+    return len(load_digits().images)
+
+
+def _secagg_step(cfg: RunConfig) -> float:
+    """Flower's SecAgg+ quantisation step per weight: the clipping interval over the levels."""
+    return 2 * cfg.secagg_clipping_range / cfg.secagg_quantization_range
+
+
+def _chance(task: str) -> float:
+    """Chance accuracy of guessing a class of `task` uniformly."""
+    spec = next(t for t in MULTIDIGITS_TASKS if t.name == task)
+    return 1.0 / spec.output_size
 
 
 def _mean(records: dict[Cell, dict[str, Any]], group: tuple, path: str) -> float | None:
@@ -1058,7 +1134,8 @@ def findings_section(records: dict[Cell, dict[str, Any]], settings: Settings) ->
             f"shared head's gradient {fa['single_label_acc']:.2f} (single) / "
             f"{fa['batch_label_acc']:.2f} (batch) vs {fp['single_label_acc']:.2f} / "
             f"{fp['batch_label_acc']:.2f} by DLG through a guessed head (whose class indices "
-            "carry no meaning; what is above 0.1 is the client's label skew and luck)."
+            f"carry no meaning; what is above {_chance(INVERSION_TASK):.2g}, chance for "
+            f"`{INVERSION_TASK}`, is the client's label skew and luck)."
         )
         dp_psnr = [
             v
@@ -1089,11 +1166,16 @@ def findings_section(records: dict[Cell, dict[str, Any]], settings: Settings) ->
 
 
 def goal_section(records: dict[Cell, dict[str, Any]], settings: Settings) -> list[str]:
-    """Goal of issue 6.6 at ε ≈ 3: MIA AUC ≤ 0.55 with an accuracy drop ≤ 8 points."""
-    lines = ["## Goal check (ε ≈ 3: M1/M2 AUC ≤ 0.55 at an accuracy drop ≤ 8 points)", ""]
+    """The privacy goal at ε = GOAL_EPSILON: MIA AUC ≤ GOAL_AUC with an accuracy drop of at
+    most GOAL_DROP points."""
+    lines = [
+        f"## Goal check (ε ≈ {GOAL_EPSILON:g}: M1/M2 AUC ≤ {GOAL_AUC:g} at an accuracy drop ≤ "
+        f"{GOAL_DROP:g} points)",
+        "",
+    ]
     groups = sorted({c.group for c in records if c.epsilon == GOAL_EPSILON}, key=str)
     if not groups:
-        return [*lines, "ε = 3 was not part of this sweep.", ""]
+        return [*lines, f"ε = {GOAL_EPSILON:g} was not part of this sweep.", ""]
     lines += [
         "| algorithm | secagg | M1 AUC | M2 AUC | acc drop (pts) | AUC goal | utility goal |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -1183,7 +1265,7 @@ def write_plots(records: dict[Cell, dict[str, Any]], settings: Settings) -> None
             px, mu, yerr=sd, marker="o", capsize=3, label=label(alg, sa), ls="--" if sa else "-"
         )
     ax.set_xticks(xs, ticks)
-    ax.set_xlabel("ε (δ = 1e-5)")
+    ax.set_xlabel(f"ε (δ = {parse_run_config(settings.base).dp_delta:g})")
     ax.set_ylabel("mean test accuracy (classification tasks)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
