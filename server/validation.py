@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
@@ -382,8 +382,9 @@ class ReplyValidator:
         )
 
     def _screen(
-        self, replies: Iterable[Message], problem: Any
+        self, replies: Iterable[Message], problem: Callable[[Message], str | None]
     ) -> tuple[list[Message], list[Rejection]]:
+        """Error replies and those `problem` finds fault with are rejected."""
         good: list[Message] = []
         rejected: list[Rejection] = []
         for msg in replies:
