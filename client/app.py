@@ -29,7 +29,14 @@ from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_m
 from flwr.clientapp.typing import Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from client.byzantine import attack_of, attack_update, flip_labels, is_attacker
+from client.byzantine import (
+    attack_heads,
+    attack_of,
+    attack_update,
+    flip_labels,
+    forge_evaluation,
+    is_attacker,
+)
 from client.state import PrivateStore
 from client.train import (
     build_model,
@@ -142,13 +149,14 @@ class ClientSession:
         sent = self.received
         arrays = arrays_from_model(self.model, list(sent.keys()))
         cfg, cid = self.cfg, self.data.client_id
-        if is_attacker(cid, cfg.attack, cfg.attackers):
+        kind = attack_of(cid, cfg.attack) if is_attacker(cid, cfg.attack, cfg.attackers) else ""
+        if kind:
             seed = cfg.seed * 10_007 + cid * 101 + server_round
-            kind = attack_of(cid, cfg.attack)
             arrays = attack_update(kind, sent, arrays, cfg.attack_scale, seed)
         out = {"arrays": arrays}
         if self.task_shared:
-            out["task-arrays"] = arrays_from_model(self.model, self.task_shared)
+            heads = arrays_from_model(self.model, self.task_shared)
+            out["task-arrays"] = attack_heads(kind, heads, cfg.attack_scale) if kind else heads
         return out
 
 
@@ -416,6 +424,10 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
             for name, value in metrics.items():
                 record[f"{split_name}/{task}/{name}"] = value
             record[f"{split_name}/{task}/n"] = len(split)
+    cfg, cid = s.cfg, s.data.client_id
+    if is_attacker(cid, cfg.attack, cfg.attackers):
+        kind = attack_of(cid, cfg.attack)
+        record = forge_evaluation(kind, record, dataset_tasks(cfg), cfg.num_clients)
     reply = RecordDict(
         {
             "metrics": MetricRecord(

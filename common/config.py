@@ -62,6 +62,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "malformed-shape",
         "malformed-dtype",
         "mixed",
+        "head-shape",
+        "head-missing",
+        "head-scale",
+        "head-nan",
+        "eval-range",
+        "eval-spoof-id",
+        "eval-tasks",
+        "mixed-task",
     ),
 }
 
@@ -167,11 +175,11 @@ class RunConfig:
         "server could subtract it, so no ε guarantee holds; warned every round",
     )
     max_update_ratio: float = _key(
-        10.0, low=0.0, doc="reject updates whose norm exceeds this × the round's median; 0: off"
+        10.0, low=0.0, doc="reject weights and update norms above this × their median; 0: off"
     )
     attack: str = _key("none", doc="simulated Byzantine clients (robustness experiments)")
     attackers: int = _key(0, low=0, doc="the first k clients attack")
-    attack_scale: float = _key(1.0, low=0.0, doc="sign-flip/scale factor, noise std")
+    attack_scale: float = _key(1.0, low=0.0, doc="sign-flip/scale/head-scale factor, noise std")
     compression: str = _key("none", doc="update compression sent up: fp16 or int8")
     resume: bool = _key(False, doc="continue from the last complete round's checkpoint")
     round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")

@@ -25,7 +25,7 @@ from server.results import RunResults
 from server.rounds import run_rounds
 from server.secure_aggregation import SecAggTrainer
 from server.strategies import build_strategy
-from server.task_heads import TaskAwareHeads
+from server.task_heads import TaskAwareHeads, initial_task_arrays
 
 app = ServerApp()
 
@@ -59,7 +59,7 @@ def main(grid: Grid, context: Context) -> None:
         if cfg.privacy == "central-dp":
             strategy = wrap_central_dp(strategy, cfg, cfg.num_clients)
         if algorithm.share_heads or algorithm.global_heads:
-            strategy = TaskAwareHeads(strategy)
+            strategy = TaskAwareHeads(strategy, initial_task_arrays(cfg))
         start = 1
         if cfg.resume:
             ckpt = load_checkpoint(out / "checkpoints", cfg.digest())

@@ -7,6 +7,7 @@ and are aggregated here, per task over the clients that hold it.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -14,6 +15,34 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 TASK_RECORD = "task-metrics"
+SPLITS = ("val", "test")
+# Where each per-task metric a client reports can lie (`common.tasks.TaskSpec.metrics` and the
+# task losses); `n`, the split's example count, is a positive integer. A value outside its
+# range can only be forged, and one forged value would move a task's mean arbitrarily far.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "mae": (0.0, math.inf),
+    "rmse": (0.0, math.inf),
+    "loss": (0.0, math.inf),
+    "r2": (-math.inf, 1.0),
+}
+
+
+def metric_problem(metric: str, value: Any) -> str | None:
+    """Why one reported per-task metric value is impossible, or None."""
+    if metric == "n":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"is {value!r}, not a positive integer"
+        return None
+    if metric not in METRIC_RANGES:
+        return f"is not a known metric; valid: {sorted([*METRIC_RANGES, 'n'])}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"is {value!r}, not a finite number"
+    low, high = METRIC_RANGES[metric]
+    if not low <= value <= high:
+        return f"= {value:g} is outside its range [{low:g}, {high:g}]"
+    return None
 
 
 def per_client(records: list[RecordDict]) -> dict[str, dict[str, dict[str, float]]]:

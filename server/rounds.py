@@ -25,7 +25,7 @@ from server.metered_grid import MeteredGrid
 from server.metrics import TASK_RECORD, per_client, per_task
 from server.privacy import check_budget, privacy_after_round
 from server.results import RunResults, headline
-from server.validation import client_of, validate_evaluate_replies, validate_train_replies
+from server.validation import ReplyValidator, client_of
 
 
 class RoundFailed(RuntimeError):
@@ -44,7 +44,12 @@ class TrainOutcome:
 
 
 def flower_train_phase(
-    grid: MeteredGrid, strategy: Strategy, arrays: ArrayRecord, rnd: int, cfg: RunConfig
+    grid: MeteredGrid,
+    strategy: Strategy,
+    arrays: ArrayRecord,
+    rnd: int,
+    cfg: RunConfig,
+    validator: ReplyValidator,
 ) -> TrainOutcome:
     """Configure, send, validate every reply, aggregate with the Flower strategy."""
     config = ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs})
@@ -53,12 +58,12 @@ def flower_train_phase(
     for msg in replies:  # bytes were counted as received; strategies see float32 arrays
         if not msg.has_error() and (problem := decompress_reply(msg.content, arrays)):
             log(WARNING, "fedmtl | round %d: node %d: %s", rnd, msg.metadata.src_node_id, problem)
-    good, rejected = validate_train_replies(
+    good, rejected = validator.check_train(
         rnd,
         replies,
         arrays,
-        known_heads=getattr(strategy, "task_arrays", None),
-        max_update_ratio=cfg.max_update_ratio,
+        sent_heads=getattr(strategy, "task_arrays", None),
+        live_nodes=set(grid.get_node_ids()),
     )
     missing = len(messages) - len(replies)
     if len(good) < min(cfg.min_nodes, len(messages)):
@@ -104,12 +109,21 @@ def evaluation_messages(
 
 
 def evaluate_phase(
-    grid: MeteredGrid, strategy: Strategy, arrays: ArrayRecord, rnd: int, cfg: RunConfig, full: bool
+    grid: MeteredGrid,
+    strategy: Strategy,
+    arrays: ArrayRecord,
+    rnd: int,
+    cfg: RunConfig,
+    full: bool,
+    validator: ReplyValidator,
 ) -> dict[str, Any]:
     msgs = evaluation_messages(strategy, arrays, rnd, grid, full=full)
     replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
-    good, rejected = validate_evaluate_replies(rnd, replies)
-    out: dict[str, Any] = {"eval_failures": len(rejected) + len(msgs) - len(replies)}
+    good, rejected = validator.check_evaluate(rnd, replies, live_nodes=set(grid.get_node_ids()))
+    out: dict[str, Any] = {
+        "eval_failures": len(rejected) + len(msgs) - len(replies),
+        "eval_rejected": [r.as_dict() for r in rejected],
+    }
     if good:
         strategy.aggregate_evaluate(rnd, good)
         clients = per_client([m.content for m in good])
@@ -133,6 +147,7 @@ def run_rounds(
     """Rounds `start_round`..`num-server-rounds`; `secagg` (a `SecAggTrainer`) replaces the
     Flower training phase when secure aggregation is on."""
     total = cfg.num_server_rounds
+    validator = ReplyValidator.for_run(cfg)  # learns node identities and norms over the run
     for rnd in range(start_round, total + 1):
         t0 = time.perf_counter()
         grid.round = rnd
@@ -142,7 +157,7 @@ def run_rounds(
             if secagg is not None:
                 trained = secagg.train_round(rnd, arrays)
             else:
-                trained = flower_train_phase(grid, strategy, arrays, rnd, cfg)
+                trained = flower_train_phase(grid, strategy, arrays, rnd, cfg, validator)
         except PrivacyBudgetExhausted as err:
             log(WARNING, "fedmtl | stopping before round %d: %s", rnd, err)
             results.stopped_early = f"privacy budget: {err}"
@@ -162,7 +177,7 @@ def run_rounds(
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
         full = rnd % cfg.eval_every == 0 or rnd == total
         if full or cfg.fraction_evaluate > 0:
-            evaluation = evaluate_phase(grid, strategy, arrays, rnd, cfg, full)
+            evaluation = evaluate_phase(grid, strategy, arrays, rnd, cfg, full, validator)
             row["failures"] += evaluation.pop("eval_failures")
             row.update(evaluation)
         row["bytes_up"], row["bytes_down"] = grid.take_counts()

@@ -4,21 +4,62 @@ Flower's strategies need identical array keys on every client, but clients hold 
 tasks. The wrapper sends every task's current head in a second record (`task-arrays`), lets
 the wrapped strategy aggregate the shared encoder (`arrays`) as usual, and averages each
 task's head only over the clients that returned it — with Flower's own weighted average
-(`aggregate_arrayrecords`), weighted by `num-examples`.
+(`aggregate_arrayrecords`), weighted by `num-examples`. The server starts from every task's
+head as the clients build it (`initial_task_arrays`), so the first round's replies are
+checked against known keys and shapes like every later one.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import lru_cache
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.models import task_of
-from common.records import TASK_ARRAYS
+from common.algorithms import get_algorithm
+from common.config import RunConfig
+from common.datasets import build_pool, input_shape
+from common.models import MultiTaskModel, build_encoder, task_of
+from common.records import TASK_ARRAYS, arrays_from_model, model_task_keys
+from common.tasks import TaskSpec
+
+
+@lru_cache(maxsize=4)
+def dataset_task_specs(cfg: RunConfig) -> tuple[TaskSpec, ...]:
+    """Every task of the configured dataset, as the clients' specs have it. For `user` from
+    the schema alone (the server has no data file); otherwise from a one-partition pool.
+    A head's shape depends only on its task's kind and class count."""
+    if cfg.dataset == "user":
+        from common.userdata import user_schema
+
+        return tuple(user_schema(cfg).tasks)
+    return tuple(build_pool(cfg, 1).tasks)
+
+
+def initial_task_arrays(cfg: RunConfig) -> ArrayRecord:
+    """Every task's federated head (`heads.*` under fedavg/fedavg-ft, `global_heads.*` under
+    fedrod) exactly as a client first builds it: the same seeded construction, so values,
+    keys, shapes and dtypes agree. Empty when the algorithm federates no heads."""
+    algorithm = get_algorithm(cfg.algorithm)
+    if not (algorithm.share_heads or algorithm.global_heads):
+        return ArrayRecord()
+    encoder = build_encoder(
+        cfg.architecture,
+        cfg.encoder,
+        input_shape(cfg),
+        cfg.hidden,
+        cfg.num_blocks,
+        cfg.num_experts,
+        cfg.seed,
+    )
+    model = MultiTaskModel(
+        encoder, dataset_task_specs(cfg), seed=cfg.seed, global_heads=algorithm.global_heads
+    )
+    return arrays_from_model(model, model_task_keys(model, algorithm))
 
 
 def aggregate_task_arrays(
@@ -52,11 +93,14 @@ def aggregate_task_arrays(
 
 
 class TaskAwareHeads(Strategy):
-    """Wraps a Flower strategy: the encoder goes through it, heads are averaged per task."""
+    """Wraps a Flower strategy: the encoder goes through it, heads are averaged per task.
 
-    def __init__(self, inner: Strategy) -> None:
+    `initial` is every task's head before training (`initial_task_arrays`); each round
+    replaces the heads of the tasks that accepted replies returned."""
+
+    def __init__(self, inner: Strategy, initial: ArrayRecord | None = None) -> None:
         self.inner = inner
-        self.task_arrays = ArrayRecord()  # grows as clients bring tasks the server has not seen
+        self.task_arrays = ArrayRecord(dict(initial.items())) if initial else ArrayRecord()
 
     def summary(self) -> None:
         self.inner.summary()

@@ -295,7 +295,7 @@ def _reply(client: int, update: float, num_examples: float) -> Any:
         {
             "arrays": ArrayRecord({"w": Array(np.full(4, update, np.float32))}),
             "metrics": MetricRecord({"num-examples": num_examples, "train-loss": 1.0}),
-            "task-metrics": ConfigRecord({"client-id": client}),
+            "task-metrics": ConfigRecord({"client-id": client, "tasks": "left"}),
         }
     )
     return make_message(metadata, content=content)
@@ -305,12 +305,12 @@ def test_claimed_weights_are_bounded() -> None:
     import numpy as np
     from flwr.app import Array, ArrayRecord
 
-    from server.validation import validate_train_replies
+    from server.validation import ReplyValidator
 
     sent = ArrayRecord({"w": Array(np.zeros(4, np.float32))})
     replies = [_reply(0, -1.0, 10**12), _reply(1, 1.0, 100), _reply(2, 1.0, 100)]
     replies += [_reply(3, 1.0, 120), _reply(4, 1.0, -50)]
-    _, rejected = validate_train_replies(1, replies, sent, max_update_ratio=3.0)
+    _, rejected = ReplyValidator(["left"], max_update_ratio=3.0).check_train(1, replies, sent)
     assert sorted(r.client for r in rejected) == ["0", "4"]
     assert all("num-examples" in r.reason for r in rejected)
 
