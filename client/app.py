@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -61,6 +61,7 @@ from common.records import (
     model_shared_keys,
     model_task_keys,
 )
+from common.resume import TRAINED_CLIENTS, decode_clients
 from common.weighting import Weighting
 
 app = ClientApp()
@@ -195,11 +196,13 @@ def open_session(
     context: Context,
     received: ArrayRecord | Sequence[np.ndarray],
     task_arrays: ArrayRecord | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> ClientSession:
     """Build the client's model, restore its private state and load what the server sent.
 
     `received` is the shared record (keyed), or — in the legacy layout SecAgg+ uses — the
-    shared arrays in this client's key order."""
+    shared arrays in this client's key order. `config` is the message's config: it names
+    the clients that trained before, which must find their private state."""
     torch.set_num_threads(1)  # one thread per virtual client: the actors already fill the cores
     cfg = _parse(tuple(sorted(context.run_config.items())))
     node = context.node_config
@@ -218,7 +221,11 @@ def open_session(
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
     state_dir = str(context.node_config.get("state-dir", cfg.state_dir))
     store = PrivateStore(context, client_id, state_dir, cfg.federation_name)
+    store.warn_if_memory_only()
     private, meta = store.load()
+    if not private:
+        trained = decode_clients((config or {}).get(TRAINED_CLIENTS))
+        store.require_state(client_id, trained, cfg.resume_without_private_state)
     if private:
         own = {k: torch.from_numpy(v) for k, v in private.items() if not k.startswith(PERSONAL)}
         model.load_state_dict(own, strict=False)
@@ -270,7 +277,8 @@ def open_session(
 
 def session_for(msg: Message, context: Context) -> ClientSession:
     arrays = msg.content.array_records
-    return open_session(context, arrays["arrays"], arrays.get(TASK_ARRAYS))
+    config = msg.content.config_records.get("config")
+    return open_session(context, arrays["arrays"], arrays.get(TASK_ARRAYS), config)
 
 
 @app.train()
@@ -339,14 +347,17 @@ def train_step(msg: Message, context: Context) -> Message:
 def legacy_train_step(msg: Message, context: Context) -> Message:
     """The same training for SecAgg+'s legacy layout: FitIns in, FitRes out."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    s = open_session(context, parameters_to_ndarrays(fitins.parameters))
+    s = open_session(context, parameters_to_ndarrays(fitins.parameters), config=fitins.config)
     reply = train_session(s, int(fitins.config["server-round"]), 0.0)
     arrays = reply["arrays"]
     fitres = FitRes(
         status=Status(Code.OK, ""),
         parameters=ndarrays_to_parameters([a.numpy() for a in arrays.values()]),
         num_examples=int(reply["metrics"]["num-examples"]),
-        metrics={"train-loss": float(reply["metrics"]["train-loss"])},
+        metrics={
+            "train-loss": float(reply["metrics"]["train-loss"]),
+            "client-id": s.data.client_id,  # the server records who holds private state
+        },
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 

@@ -150,7 +150,11 @@ class RunConfig:
     )
     min_nodes: int = _key(2, low=1, doc="minimum clients per round")
     eval_every: int = _key(1, low=1, doc="full evaluation of every client every k rounds")
-    state_dir: str = _key("", doc="client state dir (simulation); deployment: node config")
+    state_dir: str = _key(
+        "",
+        doc="client state dir; empty: the launcher uses <results-dir>/<run-name>/client-state "
+        "(simulation), a node without one in its node config keeps its state in memory only",
+    )
     federation_name: str = _key("default")
     privacy: str = _key("none")
     secagg: bool = _key(False, doc="SecAgg+ on the encoder (Flower's workflow)")
@@ -182,6 +186,11 @@ class RunConfig:
     attack_scale: float = _key(1.0, low=0.0, doc="sign-flip/scale/head-scale factor, noise std")
     compression: str = _key("none", doc="update compression sent up: fp16 or int8")
     resume: bool = _key(False, doc="continue from the last complete round's checkpoint")
+    resume_without_private_state: bool = _key(
+        False,
+        doc="let a client that trained before but lost its private state (heads, DP-SGD "
+        "history) go on with fresh state; false: it refuses and the run stops",
+    )
     round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")
     audit_received: bool = _key(False, doc="write received.jsonl: what the server got, per reply")
     synth_tasks: int = _key(4, low=2)
@@ -205,6 +214,7 @@ class RunConfig:
             "eval-every",
             "fraction-evaluate",
             "state-dir",
+            "resume-without-private-state",
         )
         values = self.to_dict()
         skip = set(ignored) | inactive_method_keys(values)

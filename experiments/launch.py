@@ -223,9 +223,8 @@ class SimulationEngine:
         if not results_root.is_absolute():
             results_root = Path.cwd() / results_root
         overrides["results-dir"] = str(results_root)
-        if cfg.state_dir and not Path(cfg.state_dir).is_absolute():
-            overrides["state-dir"] = str(Path.cwd() / cfg.state_dir)
         results_dir = results_root / cfg.name
+        overrides["state-dir"] = str(client_state_dir(cfg, results_dir))
         results_dir.mkdir(parents=True, exist_ok=True)
         log_path = results_dir / "flower.log"
         (results_dir / "summary.json").unlink(missing_ok=True)
@@ -256,6 +255,18 @@ class SimulationEngine:
         status = summary["status"] if summary else "failed"
         wall = time.perf_counter() - t0
         return Outcome(status, summary, results_dir, log_path, wall, flower_status)
+
+
+def client_state_dir(cfg: RunConfig, results_dir: Path) -> Path:
+    """Where the simulated clients keep their private state: `state-dir` when given, else
+    `<results-dir>/<run-name>/client-state`, so that `resume = true` finds it. A new run
+    (not a resume) under that default starts from empty state, as a new run should."""
+    if cfg.state_dir:
+        return Path.cwd() / cfg.state_dir
+    default = results_dir / "client-state"
+    if not cfg.resume:
+        shutil.rmtree(default, ignore_errors=True)
+    return default
 
 
 def run_simulation(

@@ -18,9 +18,9 @@ from common.config import RunConfig, parse_run_config
 from common.datasets import input_shape
 from common.models import MultiTaskModel, build_encoder, count_parameters
 from common.records import arrays_from_model, model_shared_keys
-from server.checkpoint import load_checkpoint, restore_strategy
+from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
 from server.metered_grid import MeteredGrid
-from server.privacy import wrap_central_dp
+from server.privacy import accountant_of, wrap_central_dp
 from server.results import RunResults
 from server.rounds import run_rounds
 from server.secure_aggregation import SecAggTrainer
@@ -56,25 +56,38 @@ def main(grid: Grid, context: Context) -> None:
         keys = model_shared_keys(model, algorithm, cfg.shared_layers)
         arrays = arrays_from_model(model, keys)
         strategy = build_strategy(cfg)
-        if cfg.privacy == "central-dp":
+        if cfg.privacy == "central-dp" and not cfg.secagg:  # SecAgg+ brings its own wrapper
             strategy = wrap_central_dp(strategy, cfg, cfg.num_clients)
         if algorithm.share_heads or algorithm.global_heads:
             strategy = TaskAwareHeads(strategy, initial_task_arrays(cfg))
-        start = 1
+        audit = out / "received.jsonl"
+        audit.unlink(missing_ok=True)
+        metered = MeteredGrid(grid, str(audit) if cfg.audit_received else None)
+        secagg = SecAggTrainer(metered, context, cfg) if cfg.secagg else None
+        accountant = accountant_of(secagg.dp_strategy if secagg else strategy)
+        start, trained_clients = 1, []
         if cfg.resume:
             ckpt = load_checkpoint(out / "checkpoints", cfg.digest())
             if ckpt is None:
                 log(WARNING, "fedmtl | resume: no checkpoint in %s; starting at round 1", out)
             else:
                 arrays, start = ckpt.arrays, ckpt.round + 1
-                restore_strategy(strategy, ckpt)
+                restore_strategy(strategy, ckpt, accountant)
+                trained_clients = ckpt.trained_clients
                 log(INFO, "fedmtl | resuming after round %d from %s", ckpt.round, ckpt.path)
+        else:
+            clear_checkpoints(out / "checkpoints")
         results.keep_rounds_until(start - 1)
-        audit = out / "received.jsonl"
-        audit.unlink(missing_ok=True)
-        metered = MeteredGrid(grid, str(audit) if cfg.audit_received else None)
-        secagg = SecAggTrainer(metered, context, cfg) if cfg.secagg else None
-        run_rounds(metered, strategy, arrays, cfg, results, start_round=start, secagg=secagg)
+        run_rounds(
+            metered,
+            strategy,
+            arrays,
+            cfg,
+            results,
+            start_round=start,
+            secagg=secagg,
+            trained_clients=trained_clients,
+        )
     except Exception as err:
         log(ERROR, "fedmtl | run failed: %s", err)
         results.finish("failed", error=f"{type(err).__name__}: {err}", extra=flags)

@@ -1,7 +1,9 @@
 """Server checkpoints: after every round, the shared arrays, the strategy's own state (e.g.
-FedAdam's moments, FedAvgM's momentum, the task-aware heads), the round and a hash of the run
-config, in one file written atomically with a checksum. The last two are kept, so a corrupt
-or truncated newest file falls back to the previous good one."""
+FedAdam's moments, FedAvgM's momentum, the task-aware heads), the central-DP accountant's
+history (so ε continues where it was), the clients that have trained (so a client that lost
+its private state is noticed), the round and a hash of the run config, in one file written
+atomically with one checksum over all of it. The last two are kept, so a corrupt or
+truncated newest file falls back to the previous good one."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,10 @@ from flwr.app import Array, ArrayRecord
 from flwr.common.logger import log
 
 from common.storage import atomic_write_bytes
-from server.privacy import accountant_of
 
 KEEP = 2
+ACCOUNTANT = "privacy::accountant"  # JSON of the RDP accountant's state_dict, as bytes
+TRAINED = "clients::trained"  # JSON list of the client ids that have trained, as bytes
 
 
 class CheckpointError(RuntimeError):
@@ -36,6 +40,7 @@ class Checkpoint:
     strategy_state: dict[str, np.ndarray]
     path: Path
     accountant: dict | None = None
+    trained_clients: list[str] = field(default_factory=list)
 
 
 def strategy_state(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
@@ -62,11 +67,24 @@ def strategy_state(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def restore_strategy(strategy: Any, ckpt: Checkpoint) -> None:
-    """Arrays state and, under central DP, the accountant's history."""
+def restore_strategy(strategy: Any, ckpt: Checkpoint, accountant: Any = None) -> None:
+    """The strategy's arrays state and, under central DP, `accountant`'s history: the
+    accountant that composes this run's releases (under SecAgg+ not the strategy's own)."""
     restore_strategy_state(strategy, ckpt.strategy_state)
-    if ckpt.accountant is not None and accountant_of(strategy) is not None:
-        accountant_of(strategy).load_state_dict(ckpt.accountant)
+    if accountant is None:
+        return
+    if ckpt.accountant is None:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} holds no central-DP accountant: resuming would count ε "
+            "from 0 again; start a new run (resume = false or another run-name)"
+        )
+    try:
+        accountant.load_state_dict(ckpt.accountant)
+    except ValueError as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: its central-DP accountant does not fit this run ({err}); "
+            "resume with the same config and the same number of clients"
+        ) from None
 
 
 def restore_strategy_state(obj: Any, state: dict[str, np.ndarray]) -> None:
@@ -95,10 +113,22 @@ def restore_strategy_state(obj: Any, state: dict[str, np.ndarray]) -> None:
 
 
 def save_checkpoint(
-    directory: Path, rnd: int, digest: str, arrays: ArrayRecord, strategy: Any
+    directory: Path,
+    rnd: int,
+    digest: str,
+    arrays: ArrayRecord,
+    strategy: Any,
+    *,
+    accountant: Any = None,
+    trained_clients: Iterable[str] = (),
 ) -> Path:
+    """Write round `rnd`'s checkpoint; `accountant` is the central-DP accountant that
+    composed this run's releases, `trained_clients` the clients that have trained so far."""
     payload = {f"shared::{k}": np.asarray(v.numpy()) for k, v in arrays.items()}
     payload |= {f"strategy::{k}": v for k, v in strategy_state(strategy).items()}
+    payload[TRAINED] = _json_bytes(sorted(set(trained_clients), key=int))
+    if accountant is not None:
+        payload[ACCOUNTANT] = _json_bytes(accountant.state_dict())
     meta = {
         "round": rnd,
         "digest": digest,
@@ -113,6 +143,13 @@ def save_checkpoint(
     for old in sorted(Path(directory).glob("checkpoint-*.npz"))[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
+
+
+def clear_checkpoints(directory: Path) -> None:
+    """Remove a previous run's checkpoints: a new run under the same name must never resume
+    from them, nor have its own pruned as older than theirs."""
+    for old in Path(directory).glob("checkpoint-*.npz"):
+        old.unlink(missing_ok=True)
 
 
 def load_checkpoint(directory: Path, digest: str) -> Checkpoint | None:
@@ -153,7 +190,17 @@ def _read(path: Path) -> Checkpoint:
         raise ValueError("checksum mismatch")
     arrays = ArrayRecord({k: Array(payload[f"shared::{k}"]) for k in meta["shared_keys"]})
     state = {k[len("strategy::") :]: v for k, v in payload.items() if k.startswith("strategy::")}
-    return Checkpoint(meta["round"], meta["digest"], arrays, state, path, meta.get("accountant"))
+    accountant = _from_json_bytes(payload[ACCOUNTANT]) if ACCOUNTANT in payload else None
+    trained = _from_json_bytes(payload[TRAINED]) if TRAINED in payload else []
+    return Checkpoint(meta["round"], meta["digest"], arrays, state, path, accountant, trained)
+
+
+def _json_bytes(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+
+def _from_json_bytes(array: np.ndarray) -> Any:
+    return json.loads(array.tobytes().decode())
 
 
 def _checksum(payload: dict[str, np.ndarray]) -> str:

@@ -7,12 +7,17 @@ clients per round. Sampling is accounted without amplification (conservative: Fl
 a fixed-size subset, not Poisson). Adaptive clipping wrappers have no accountant of their own;
 the same RDP accountant is composed here with the configured σ, which the wrapper splits
 between the update sum and the clipped-count query.
+
+Every release is composed where it happens (`release`, or the SecAgg+ wrapper in
+`server.secure_aggregation`); a round short of its fixed sample releases nothing
+(`unreleasable`); the noise never follows the run seed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from flwr.app import Message
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -30,6 +35,7 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from common.config import RunConfig, sampled_per_round
+from common.randomness import unpredictable_numpy
 
 WRAPPERS = {
     "fixed-server": DifferentialPrivacyServerSideFixedClipping,
@@ -77,19 +83,25 @@ def wrap_central_dp(strategy: Strategy, cfg: RunConfig, population: int) -> Stra
     return wrapper
 
 
-def _adaptive_event(strategy: Any) -> GaussianPrivacyEvent:
+def accountant_of(strategy: Any) -> RdpAccountant | None:
+    """The RDP accountant of a central-DP wrapper (ours or Flower's), if any."""
+    return getattr(strategy, "fedmtl_accountant", None) or getattr(strategy, "accountant", None)
+
+
+def next_release(strategy: Any) -> GaussianPrivacyEvent:
+    """The privacy event of the strategy's next release: σ over its fixed client sample."""
     return GaussianPrivacyEvent(
         noise_multiplier=getattr(strategy, "fedmtl_sigma", strategy.noise_multiplier),
         sample_size=strategy.num_sampled_clients,
-        population_size=strategy.fedmtl_accountant.config.population_size,
+        population_size=accountant_of(strategy).config.population_size,
     )
 
 
 def check_budget(strategy: Any) -> None:
-    """Refuse a round whose release would exceed `dp-epsilon` (adaptive wrappers; the fixed
-    ones check this themselves in `configure_train`)."""
-    accountant = getattr(strategy, "fedmtl_accountant", None)
-    if accountant is not None and accountant.would_exceed(_adaptive_event(strategy)):
+    """Refuse a round whose release would exceed `dp-epsilon`. `strategy` is the wrapper
+    whose accountant composes the releases (under SecAgg+ the one its workflow drives)."""
+    accountant = accountant_of(strategy)
+    if accountant is not None and accountant.would_exceed(next_release(strategy)):
         spent = accountant.get_privacy_spent()
         raise PrivacyBudgetExhausted(
             f"the next release would exceed dp-epsilon = {accountant.config.max_epsilon} "
@@ -97,21 +109,44 @@ def check_budget(strategy: Any) -> None:
         )
 
 
-def accountant_of(strategy: Any) -> Any:
-    """The RDP accountant of a central-DP wrapper (ours or Flower's), if any."""
-    return getattr(strategy, "fedmtl_accountant", None) or getattr(strategy, "accountant", None)
+def unreleasable(strategy: Any, usable: int, problems: list[str]) -> str | None:
+    """Why a central-DP round must release nothing, or None.
+
+    The noise (σ·C/n) and the accounting assume exactly n = `num_sampled_clients` clipped
+    updates. With fewer (rejected or missing replies) Flower's fixed-clipping wrappers
+    return nothing and its adaptive ones would average fewer updates under noise sized for
+    n, a weaker release than the one accounted. Policy: such a round releases nothing
+    (no noise drawn, no clipping-norm update, the encoder stays as it was), costs no ε,
+    and is recorded as skipped with this reason."""
+    if accountant_of(strategy) is None or usable == strategy.num_sampled_clients:
+        return None
+    return (
+        f"central DP released nothing: {usable} usable updates of the "
+        f"{strategy.num_sampled_clients} its noise is calibrated for"
+        + (f" ({'; '.join(problems)})" if problems else "")
+    )
+
+
+def release(strategy: Any, rnd: int, replies: list[Message]) -> tuple[Any, Any]:
+    """`strategy.aggregate_train`; under central DP its noise (and adaptive clipping's count
+    noise), which Flower draws from NumPy's global RNG, comes from OS entropy, never from
+    the run seed, and a release is composed into our accountant (Flower's fixed-clipping
+    wrappers compose their own)."""
+    if accountant_of(strategy) is None:
+        return strategy.aggregate_train(rnd, replies)
+    with unpredictable_numpy():
+        arrays, metrics = strategy.aggregate_train(rnd, replies)
+    if arrays is not None and hasattr(strategy, "fedmtl_accountant"):
+        strategy.fedmtl_accountant.compose(next_release(strategy))
+    return arrays, metrics
 
 
 def privacy_after_round(strategy: Any) -> dict[str, float] | None:
-    """Cumulative client-level (ε, δ) after this round's release, or None without DP."""
-    spent = None
-    if hasattr(strategy, "fedmtl_accountant"):
-        strategy.fedmtl_accountant.compose(_adaptive_event(strategy))
-        spent = strategy.fedmtl_accountant.get_privacy_spent()
-    elif hasattr(strategy, "privacy_spent"):
-        spent = strategy.privacy_spent()
-    if spent is None:
+    """Cumulative client-level (ε, δ) after this round, or None without central DP."""
+    accountant = accountant_of(strategy)
+    if accountant is None:
         return None
+    spent = accountant.get_privacy_spent()
     out = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
     if hasattr(strategy, "clipping_norm"):
         out["clipping_norm"] = float(strategy.clipping_norm)

@@ -6,7 +6,9 @@ SecAgg+ workflow instead (see `server.secure_aggregation`)."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -20,10 +22,11 @@ from common.compression import decompress_reply
 from common.config import RunConfig
 from common.randomness import warn_seeded_noise
 from common.records import TASK_ARRAYS
+from common.resume import STATE_MISSING, TRAINED_CLIENTS, encode_clients
 from server.checkpoint import save_checkpoint
 from server.metered_grid import MeteredGrid
 from server.metrics import TASK_RECORD, per_client, per_task
-from server.privacy import check_budget, privacy_after_round
+from server.privacy import accountant_of, check_budget, privacy_after_round, release, unreleasable
 from server.results import RunResults, headline
 from server.validation import ReplyValidator, client_of
 
@@ -41,6 +44,7 @@ class TrainOutcome:
     failures: int
     train_loss: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    trained_clients: list[str] = field(default_factory=list)  # they now hold private state
 
 
 def flower_train_phase(
@@ -50,9 +54,10 @@ def flower_train_phase(
     rnd: int,
     cfg: RunConfig,
     validator: ReplyValidator,
+    extra_config: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Configure, send, validate every reply, aggregate with the Flower strategy."""
-    config = ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs})
+    config = ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs, **(extra_config or {})})
     messages = list(strategy.configure_train(rnd, arrays, config, grid))
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     for msg in replies:  # bytes were counted as received; strategies see float32 arrays
@@ -74,8 +79,13 @@ def flower_train_phase(
             f"round {rnd}: {len(good)} usable training replies of {len(messages)}, fewer than "
             f"min-nodes = {cfg.min_nodes}; " + "; ".join(reasons)
         )
-    new_arrays, metrics = strategy.aggregate_train(rnd, good)
     extra: dict[str, Any] = {"rejected": [r.as_dict() for r in rejected], "no_reply": missing}
+    problems = [f"client {r.client}: {r.reason}" for r in rejected]
+    problems += [f"{missing} client(s) sent no reply"] if missing else []
+    skipped = unreleasable(strategy, len(good), problems)
+    new_arrays, metrics = (None, None) if skipped else release(strategy, rnd, good)
+    if new_arrays is None:
+        extra["skipped"] = skipped or "the strategy aggregated nothing"
     eps = {
         client_of(m): float(m.content[TASK_RECORD]["dp-epsilon"])
         for m in good
@@ -89,6 +99,7 @@ def flower_train_phase(
         failures=len(rejected) + missing,
         train_loss=float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
         extra=extra,
+        trained_clients=[c for m in replies if not m.has_error() and (c := client_of(m)).isdigit()],
     )
 
 
@@ -143,25 +154,34 @@ def run_rounds(
     *,
     start_round: int = 1,
     secagg: Any = None,
+    trained_clients: Iterable[str] = (),
 ) -> ArrayRecord:
     """Rounds `start_round`..`num-server-rounds`; `secagg` (a `SecAggTrainer`) replaces the
-    Flower training phase when secure aggregation is on."""
+    Flower training phase when secure aggregation is on; `trained_clients` (from the
+    checkpoint) are the clients that trained before and so must still hold private state."""
     total = cfg.num_server_rounds
     validator = ReplyValidator.for_run(cfg)  # learns node identities and norms over the run
+    private = secagg.dp_strategy if secagg else strategy  # whose accountant composes releases
+    have_state = set(trained_clients)
     for rnd in range(start_round, total + 1):
         t0 = time.perf_counter()
         grid.round = rnd
         grid.take_counts()
+        told = {TRAINED_CLIENTS: encode_clients(have_state)} if have_state else {}
         try:
-            check_budget(strategy)
+            check_budget(private)
             if secagg is not None:
-                trained = secagg.train_round(rnd, arrays)
+                trained = secagg.train_round(rnd, arrays, told)
             else:
-                trained = flower_train_phase(grid, strategy, arrays, rnd, cfg, validator)
+                trained = flower_train_phase(grid, strategy, arrays, rnd, cfg, validator, told)
         except PrivacyBudgetExhausted as err:
             log(WARNING, "fedmtl | stopping before round %d: %s", rnd, err)
             results.stopped_early = f"privacy budget: {err}"
             break
+        refuse_lost_state(rnd, trained)
+        have_state.update(trained.trained_clients)
+        if "skipped" in trained.extra:
+            log(WARNING, "fedmtl | round %d trained nothing: %s", rnd, trained.extra["skipped"])
         # Some strategies (FedOpt, DP noise) compute in float64: keep the model's dtypes.
         arrays = cast_like(trained.arrays, arrays)
         row: dict[str, Any] = {
@@ -171,7 +191,7 @@ def run_rounds(
             "train_loss": trained.train_loss,
             **trained.extra,
         }
-        central_dp = privacy_after_round(secagg.dp_strategy if secagg else strategy)
+        central_dp = privacy_after_round(private)
         if central_dp:
             row["central_dp"] = central_dp  # cumulative client-level (ε, δ)
         row["train_seconds"] = round(time.perf_counter() - t0, 3)
@@ -187,11 +207,31 @@ def run_rounds(
         heads = getattr(strategy, "task_arrays", None)
         if heads is not None:
             results.save_arrays(heads, "task_arrays.npz")
-        save_checkpoint(results.dir / "checkpoints", rnd, cfg.digest(), arrays, strategy)
+        save_checkpoint(
+            results.dir / "checkpoints",
+            rnd,
+            cfg.digest(),
+            arrays,
+            strategy,
+            accountant=accountant_of(private),
+            trained_clients=have_state,
+        )
         log(INFO, "fedmtl | %s", round_line(row, total))
         if cfg.dp_insecure_seeded_noise:
             warn_seeded_noise(f"round {rnd}")
     return arrays
+
+
+def refuse_lost_state(rnd: int, trained: TrainOutcome) -> None:
+    """Stop the run when a client that trained before refused because its private state is
+    gone (a restart or resume without its state dir): going on would train it from fresh
+    heads, and under DP-SGD restart its ε at 0, without anyone noticing."""
+    said = re.compile(rf"client \S+: {re.escape(STATE_MISSING)}[^'\n]*")
+    lost = [m[-1] for r in trained.extra.get("rejected", []) if (m := said.findall(r["reason"]))]
+    if lost:  # the client's own words, without the traceback around them
+        raise RoundFailed(
+            f"round {rnd}: {len(lost)} client(s) lost their private state: " + " | ".join(lost)
+        )
 
 
 def cast_like(new: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
@@ -220,5 +260,7 @@ def round_line(row: dict, total: int) -> str:
         parts.append(f"ε ≤ {max(row['dp_epsilon'].values()):.2f}")
     if row.get("failures"):
         parts.append(f"{row['failures']} failed")
+    if row.get("skipped"):
+        parts.append("SKIPPED (nothing released)")
     parts.append(f"{row['seconds']:.1f}s")
     return " | ".join(parts)

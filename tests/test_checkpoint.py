@@ -9,14 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
+from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 from common.config import parse_run_config
 from server.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    restore_strategy,
     restore_strategy_state,
     save_checkpoint,
 )
+from server.privacy import accountant_of, wrap_central_dp
+from server.secure_aggregation import AccountedClientSideFixedClipping, CountingFedAvg
 from server.strategies import build_strategy
 from server.task_heads import TaskAwareHeads
 from tests.conftest import run_tiny, simulate
@@ -70,6 +74,40 @@ def test_checkpoint_from_another_config_is_refused(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, 1, "aaaa", ArrayRecord({"w": Array(np.zeros(3))}), strategy)
     with pytest.raises(CheckpointError, match="different config"):
         load_checkpoint(tmp_path, "bbbb")
+
+
+def _central_dp(kind: str) -> tuple[object, object]:
+    """(the strategy the round loop checkpoints, the wrapper whose accountant composes)."""
+    cdp = {"privacy": "central-dp", "num-clients": 3, "cdp-clipped-count-stddev": 5.0}
+    if kind == "secagg":
+        cfg = parse_run_config({**cdp, "secagg": True, "cdp-clipping": "fixed-client"})
+        return build_strategy(cfg), AccountedClientSideFixedClipping(CountingFedAvg(), cfg, 3)
+    cfg = parse_run_config({**cdp, "cdp-clipping": kind})
+    strategy = wrap_central_dp(build_strategy(cfg), cfg, 3)
+    return strategy, strategy
+
+
+@pytest.mark.parametrize("kind", ["fixed-server", "adaptive-client", "secagg"])
+def test_the_central_dp_accountant_survives_a_checkpoint(tmp_path: Path, kind: str) -> None:
+    """Flower's fixed-clipping accountant, ours for adaptive clipping, SecAgg+'s."""
+    strategy, private = _central_dp(kind)
+    for _ in range(2):
+        accountant_of(private).compose(GaussianPrivacyEvent(1.0, 3, 3))
+    spent = accountant_of(private).get_privacy_spent()
+    arrays = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+    save_checkpoint(tmp_path, 2, "abc", arrays, strategy, accountant=accountant_of(private))
+    strategy, private = _central_dp(kind)  # a new ServerApp: ε would start at 0
+    restore_strategy(strategy, load_checkpoint(tmp_path, "abc"), accountant_of(private))
+    assert accountant_of(private).get_privacy_spent() == spent
+    assert spent.num_releases == 2 and spent.epsilon > 0
+
+
+def test_a_central_dp_resume_without_an_accountant_is_refused(tmp_path: Path) -> None:
+    strategy, private = _central_dp("fixed-server")
+    arrays = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+    save_checkpoint(tmp_path, 2, "abc", arrays, strategy)  # as before ε was checkpointed
+    with pytest.raises(CheckpointError, match=r"no central-DP accountant.*ε from 0"):
+        restore_strategy(strategy, load_checkpoint(tmp_path, "abc"), accountant_of(private))
 
 
 @pytest.mark.slow
