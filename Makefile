@@ -1,4 +1,5 @@
-# Quickstart: `make run` (default simulation end to end) and `make test` (the whole suite).
+# Quickstart: `make run` (default simulation end to end) and `make test` (the whole suite);
+# `make test-fast` is the inner loop: everything but real simulations and deployments.
 # Both create .venv when it is missing (pinned CPU torch first, then the project with its dev
 # extras) and are quick when it exists.
 
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.fedmtl-installed
 TORCH := torch==2.13.0
 ARGS ?=
 
-.PHONY: run test lint venv clean deploy-local compose-lint compare bench robustness privacy weighting
+.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy weighting
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +21,15 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.launch $(ARGS)
+	$(PY) -m deploy.cli $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra
+
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -ra -m "not slow"
 
 # A real deployment on this machine: SuperLink with TLS + SuperNode authentication, 3 nodes.
 deploy-local: $(STAMP)

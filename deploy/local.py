@@ -18,16 +18,13 @@ every command line, and a test checks docker-compose.yml against them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,22 +34,32 @@ from cryptography import x509
 
 from common.config import ConfigError, parse_run_config
 from deploy.certs import CertFiles, generate, node_key_path
-from experiments.launch import (
+from deploy.processes import (
+    LOOPBACK,
+    flower_env,
+    free_port,
+    signals_held,
+    stop_tree,
+    tail,
+    wait_healthy,
+)
+from deploy.runs import (
     REPO,
     STATE,
     Outcome,
-    flower_env,
-    free_port,
+    flower_status,
+    flwr_run_command,
     parse_overrides,
+    prepare_results,
+    read_outcome,
     report_outcome,
     stage_app,
-    stop_process_group,
-    toml_value,
-    wait_healthy,
+    stream_run,
+    write_flwr_config,
+    write_run_config,
 )
 
 CONNECTION = "fedmtl-local"  # the connection name in this deployment's FLWR_HOME
-LOOPBACK = "127.0.0.1"
 
 
 # --- command lines: the one place that knows the flags (docker-compose.yml uses the same) ---
@@ -178,91 +185,6 @@ def node_config(
     return " ".join(parts)
 
 
-def cli_connection(name: str, address: str, root_certificates: str | None) -> str:
-    """A `[superlink.<name>]` table for `$FLWR_HOME/config.toml` (what `flwr run/ls/log
-    <name>` use); `root-certificates` must be an absolute path."""
-    lines = [f"[superlink.{name}]", f"address = {json.dumps(address)}"]
-    if root_certificates is None:
-        lines.append("insecure = true")
-    else:
-        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
-    return "\n".join(lines) + "\n"
-
-
-# --- processes ---
-
-
-def _ps_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, start time) for every process (ps works on Linux and macOS)."""
-    out = subprocess.run(
-        ["ps", "-A", "-o", "pid=,ppid=,lstart="], capture_output=True, text=True, check=False
-    ).stdout
-    table = {}
-    for line in out.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) == 3:
-            table[int(parts[0])] = (int(parts[1]), parts[2].strip())
-    return table
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every live descendant of `pid`."""
-    table = _ps_table()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found, todo = {}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found[child] = table[child][1]
-                todo.append(child)
-    return found
-
-
-def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop `proc`'s process group, then any descendant that left the group (Flower starts
-    SuperExec in a session of its own; it would exit with its parent, a little later)."""
-    tree = descendants(proc.pid)
-    stop_process_group(proc, grace=grace)
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        alive = still_running(tree)
-        if not alive:
-            return
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and still_running(tree):
-            time.sleep(0.1)
-
-
-def still_running(tree: dict[int, str]) -> list[int]:
-    """The PIDs of `tree` still running and still the processes we saw (same start time)."""
-    table = _ps_table()
-    return [pid for pid, started in tree.items() if table.get(pid, (0, ""))[1] == started]
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM while stopping: a second Ctrl-C must not leave half of the
-    deployment running."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
-
-
 # --- the deployment ---
 
 
@@ -319,10 +241,7 @@ class LocalDeployment:
                 self.certs = generate(self.run_dir / "certs", ["localhost", LOOPBACK], self.nodes)
             check_certs(self.certs, self.nodes)
         self.port = free_port()
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            + cli_connection(CONNECTION, self.address, self._ca())
-        )
+        write_flwr_config(self.home, CONNECTION, self.address, self._ca())
         tls = None if self.certs is None else ServerTls.from_files(self.certs)
         self._say(f"SuperLink on {self.address} ({'TLS + node auth' if tls else 'INSECURE'})")
         proc = self._spawn(
@@ -349,7 +268,7 @@ class LocalDeployment:
         """SuperNodes first (no reconnect storm), then the SuperLink; by process group,
         then by PID for whatever left the group. Idempotent."""
         nodes = [p for name, p in self.procs.items() if name != "superlink"]
-        with _signals_held(), ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        with signals_held(), ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             list(pool.map(stop_tree, nodes))
             if "superlink" in self.procs:
                 stop_tree(self.procs["superlink"])
@@ -418,46 +337,38 @@ class LocalDeployment:
                 if proc.poll() is not None:
                     raise RuntimeError(
                         f"{name} exited with code {proc.returncode}:\n"
-                        + _tail(self.logs / f"{name}.log")
+                        + tail(self.logs / f"{name}.log")
                     )
             if self.online_nodes() >= count:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")
 
-    def submit(self, overrides: dict[str, Any] | None = None, timeout: float = 900.0) -> Outcome:
-        """`flwr run` the app from this repo with run-config `overrides`, wait for it,
-        read its status from `summary.json` and from `flwr ls`."""
-        overrides = {"num-clients": self.nodes, **(overrides or {})}
-        cfg = parse_run_config(overrides)  # fail fast, before anything is submitted
-        root = Path(overrides.get("results-dir", cfg.results_dir))
-        # The ServerApp runs in another process and directory: only an absolute path is safe.
-        overrides["results-dir"] = str(root if root.is_absolute() else Path.cwd() / root)
-        results_dir = Path(overrides["results-dir"]) / cfg.name
-        results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / "summary.json").unlink(missing_ok=True)
-        run_config = self.home / f"run-config-{time.time_ns()}.toml"
-        run_config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
+    def submit(
+        self,
+        overrides: dict[str, Any] | None = None,
+        timeout: float = 900.0,
+        app_dir: Path | None = None,
+    ) -> Outcome:
+        """`flwr run` the app (a slim copy of this repository's, or `app_dir`) with run-config
+        `overrides`, wait for it, read its status from `summary.json` and from `flwr ls`."""
+        overrides, cfg, results_dir = prepare_results(
+            {"num-clients": self.nodes, **(overrides or {})}
+        )
+        run_config = write_run_config(self.home / f"run-config-{time.time_ns()}.toml", overrides)
         log_path = self.logs / f"flwr-run-{cfg.name}.log"
-        app = stage_app(self.home / "app")  # a slim copy: the FAB build walks the whole dir
-        cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(run_config)]
-        t0 = time.perf_counter()
-        stream_run(cmd, self.cli_env(), log_path, echo=self.echo, timeout=timeout)
-        wall = time.perf_counter() - t0
-        summary_path = results_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        status = summary["status"] if summary else "failed"
-        return Outcome(status, summary, results_dir, log_path, wall, self.flower_status())
+        app = app_dir or stage_app(self.home / "app")  # slim: the FAB build walks the whole dir
+        cmd = flwr_run_command(app, CONNECTION, run_config)
+        streamed = stream_run(cmd, self.cli_env(), log_path, echo=self.echo, timeout=timeout)
+        if streamed.expired:
+            raise TimeoutError(f"the run did not finish within {timeout:.0f}s; see {log_path}")
+        status = self.flower_status(streamed.run_id)
+        return read_outcome(results_dir, log_path, streamed.wall_s, status)
 
-    def flower_status(self) -> str:
-        """Status of the latest run as the SuperLink reports it (`flwr run` exits 0 even
-        when the run failed)."""
-        out = self.flwr("ls", CONNECTION, "--format", "json")
-        try:
-            runs = json.loads(out.stdout).get("runs", [])
-        except json.JSONDecodeError:
-            return "unknown"
-        return str(runs[-1].get("status", "unknown")) if runs else "unknown"
+    def flower_status(self, run_id: str = "") -> str:
+        """Status of run `run_id` (default: the latest) as the SuperLink reports it (`flwr
+        run` exits 0 even when the run failed)."""
+        return flower_status(self.cli_env(), CONNECTION, run_id)
 
     # internals
 
@@ -494,7 +405,7 @@ class LocalDeployment:
             else:
                 wait_healthy(self.port, proc, timeout, ca_cert=str(self.certs.ca_cert))
         except (RuntimeError, TimeoutError) as err:
-            raise RuntimeError(f"{err}:\n{_tail(self.logs / 'superlink.log')}") from None
+            raise RuntimeError(f"{err}:\n{tail(self.logs / 'superlink.log')}") from None
 
     def _say(self, text: str) -> None:
         if self.echo:
@@ -530,43 +441,6 @@ def cert_files(directory: Path, nodes: int) -> CertFiles:
         d / "superlink.key",
         [node_key_path(d, i) for i in range(nodes)],
     )
-
-
-def stream_run(
-    cmd: list[str], env: dict[str, str], log_path: Path, *, echo: bool, timeout: float
-) -> None:
-    """Run `flwr run --stream`: whole output to the log, our lines to the terminal. A
-    watchdog stops it after `timeout` even when it prints nothing (a stalled round)."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        expired = threading.Event()
-
-        def watchdog() -> None:
-            expired.set()
-            stop_process_group(proc, grace=2.0)
-
-        timer = threading.Timer(timeout, watchdog)
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if echo and ("fedmtl |" in line or "ERROR" in line):
-                    print(line.rstrip().split("fedmtl | ", 1)[-1], flush=True)
-            proc.wait(timeout=30)
-        finally:
-            timer.cancel()
-            stop_process_group(proc, grace=2.0)
-        if expired.is_set():
-            raise TimeoutError(f"the run did not finish within {timeout:.0f}s; see {log_path}")
 
 
 # --- CLI ---

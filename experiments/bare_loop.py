@@ -77,7 +77,7 @@ def run_bare(cfg: RunConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from experiments.launch import parse_overrides
+    from deploy.runs import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--run-config", action="append", default=[])

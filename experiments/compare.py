@@ -31,7 +31,8 @@ from typing import Any
 
 from common.config import CHOICES, RunConfig, inactive_method_keys, parse_run_config
 from common.storage import atomic_write_json
-from experiments.launch import REPO, SimulationEngine, parse_overrides
+from deploy.runs import REPO, parse_overrides
+from deploy.simulation import SimulationEngine
 from experiments.references import (
     CENTRALIZED,
     CENTRALIZED_TUNED,

@@ -4,7 +4,7 @@ attack, over seeds, on one SuperLink. Writes docs/ROBUSTNESS.md and docs/robustn
     python -m experiments.robustness                                  # sign-flip only
     python -m experiments.robustness --attacks sign-flip:10 scale:10 noise:0.1
 
-Every cell is a real Flower simulation (`experiments.launch.SimulationEngine`, one SuperLink
+Every cell is a real Flower simulation (`deploy.simulation.SimulationEngine`, one SuperLink
 for the whole grid). A cell whose `summary.json` says `completed` under the same config is not
 run again, so an interrupted grid resumes where it stopped. The tables are computed from
 the cells' `summary.json` files (and `metrics.jsonl` for the rejection counts), never typed.
@@ -27,7 +27,8 @@ from typing import Any
 
 from common.config import parse_run_config, same_training
 from common.storage import atomic_write_bytes, atomic_write_json
-from experiments.launch import REPO, SimulationEngine, parse_overrides
+from deploy.runs import REPO, parse_overrides
+from deploy.simulation import SimulationEngine
 
 # The federation every cell shares. 20 short rounds: Flower/Ray start-up dominates a cell
 # (30-90 s on 2 shared cores), a round costs about a second, and 10 rounds leave the encoder

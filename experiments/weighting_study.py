@@ -32,7 +32,8 @@ import numpy as np
 from common.config import parse_run_config, same_training
 from common.datasets import dataset_tasks
 from common.federation import client_tasks, split_indices
-from experiments.launch import REPO, SimulationEngine
+from deploy.runs import REPO
+from deploy.simulation import SimulationEngine
 
 METHODS = ("ew", "pcgrad", "mgda", "cagrad")
 CORRELATIONS = (0.1,)
@@ -374,7 +375,7 @@ def write_plot(table: dict[float, dict[str, Any]], settings: StudySettings) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.launch import parse_overrides
+    from deploy.runs import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))

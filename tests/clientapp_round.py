@@ -16,7 +16,7 @@ from common.algorithms import get_algorithm
 from common.config import parse_run_config
 from common.records import arrays_from_model, model_shared_keys
 from server.app import initial_model
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def sent_arrays(**overrides: Any) -> ArrayRecord:

@@ -1,62 +1,63 @@
-"""Shared fixtures: real Flower simulations, small enough for CI.
+"""Session fixtures. Shared helpers live in tests/helpers.py: never import this file.
 
-One SuperLink (simulation mode) serves every simulation of the session; it is started on
-first use and stopped, with everything it started, when the session ends.
+- The session's simulation engine (tests/helpers.py) is stopped, with everything it started,
+  when the session ends.
+- `make test-fast` deselects the tests marked slow, so a test that starts a real Flower
+  simulation or deployment must be marked slow: one that is not fails, naming the marker.
 """
 
 from __future__ import annotations
 
-import atexit
-from collections.abc import Iterator
-from pathlib import Path
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from experiments.launch import Outcome, SimulationEngine
+from deploy.local import LocalDeployment
+from deploy.simulation import SimulationEngine
+from tests.helpers import stop_engine
 
-# Small but real: 3 clients with different task sets, 2 rounds, little data.
-TINY: dict[str, Any] = {
-    "num-clients": 3,
-    "num-server-rounds": 2,
-    "samples-per-client": 120,
-    "local-epochs": 1,
-    "hidden": 32,
-}
-
-_engine: SimulationEngine | None = None
+_current: pytest.Item | None = None  # the test being set up, run or torn down
 
 
-def engine() -> SimulationEngine:
-    global _engine
-    if _engine is None:
-        _engine = SimulationEngine().__enter__()
-        # Test modules import this file as `tests.conftest`, pytest loads it as `conftest`:
-        # two copies, two engines, and the session fixture below only sees its own. The
-        # other copy's SuperLink is stopped at exit (stopping twice is harmless).
-        atexit.register(_engine.__exit__, None, None, None)
-    return _engine
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Record the test before its fixtures are set up: a module-scoped fixture that starts
+    a simulation counts against the first test that requests it."""
+    global _current
+    _current = item
+
+
+def only_in_slow_tests(start: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """`start` (a method that starts Flower processes) failing the current test unless that
+    test is marked slow."""
+
+    @functools.wraps(start)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        item = _current
+        if item is not None and item.get_closest_marker("slow") is None:
+            pytest.fail(
+                f"{item.nodeid} starts a real {what} but is not marked @pytest.mark.slow "
+                "(`make test-fast` runs `-m 'not slow'`)",
+                pytrace=False,
+            )
+        return start(self, *args, **kwargs)
+
+    return guarded
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_engine() -> Iterator[None]:
-    yield
-    global _engine
-    if _engine is not None:
-        _engine.__exit__(None, None, None)
-        _engine = None
-
-
-def run_tiny(results_dir: Path, **overrides: Any) -> Outcome:
-    """Run the app through Flower's simulation engine with TINY defaults + overrides."""
-    cfg = {**TINY, "results-dir": str(results_dir), **overrides}
-    return engine().run(cfg, echo=False, timeout=400)
-
-
-def simulate(results_dir: Path, **overrides: Any) -> Outcome:
-    """`run_tiny` that must succeed (the Flower log tail is shown when it does not)."""
-    outcome = run_tiny(results_dir, **overrides)
-    if not outcome.ok:
-        tail = outcome.log_path.read_text()[-4000:] if outcome.log_path.exists() else ""
-        pytest.fail(f"simulation failed ({outcome.status}/{outcome.flower_status}):\n{tail}")
-    return outcome
+def _flower_processes() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            SimulationEngine,
+            "__enter__",
+            only_in_slow_tests(SimulationEngine.__enter__, "Flower simulation"),
+        )
+        # Every process of a local deployment is started by `_spawn`.
+        patch.setattr(
+            LocalDeployment, "_spawn", only_in_slow_tests(LocalDeployment._spawn, "deployment")
+        )
+        yield
+        stop_engine()

@@ -1,9 +1,19 @@
-"""Small builders shared by test modules: driving a Flower strategy by hand, as the
-ServerApp's round loop does (`configure_train`, then `aggregate_train` on the replies)."""
+"""Everything test modules share, in one module that is imported once (as `tests.helpers`):
+
+- real Flower simulations, small enough for CI: `TINY`, `run_tiny`, `simulate`, all on one
+  SuperLink per pytest session (`engine`, stopped by the session fixture in conftest.py);
+- builders that drive a Flower strategy by hand, as the ServerApp's round loop does
+  (`configure_train`, then `aggregate_train` on the replies).
+
+Test modules import from here, never from conftest.py: pytest loads conftest.py under a name
+of its own, so an import of `tests.conftest` would be a second copy of it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +30,57 @@ from flwr.app.message.message import make_message
 from flwr.common import Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
+from deploy.runs import Outcome
+from deploy.simulation import SimulationEngine
+
 Arrays = dict[str, np.ndarray]
+
+# --- real simulations ---
+
+# Small but real: 3 clients with different task sets, 2 rounds, little data.
+TINY: dict[str, Any] = {
+    "num-clients": 3,
+    "num-server-rounds": 2,
+    "samples-per-client": 120,
+    "local-epochs": 1,
+    "hidden": 32,
+}
+
+_engine: SimulationEngine | None = None
+
+
+def engine() -> SimulationEngine:
+    """The session's simulation engine, started on first use."""
+    global _engine
+    if _engine is None:
+        _engine = SimulationEngine().__enter__()
+    return _engine
+
+
+def stop_engine() -> None:
+    """Stop the session's engine (and everything it started), if one was started."""
+    global _engine
+    if _engine is not None:
+        _engine.__exit__(None, None, None)
+        _engine = None
+
+
+def run_tiny(results_dir: Path, **overrides: Any) -> Outcome:
+    """Run the app through Flower's simulation engine with TINY defaults + overrides."""
+    cfg = {**TINY, "results-dir": str(results_dir), **overrides}
+    return engine().run(cfg, echo=False, timeout=400)
+
+
+def simulate(results_dir: Path, **overrides: Any) -> Outcome:
+    """`run_tiny` that must succeed (the Flower log tail is shown when it does not)."""
+    outcome = run_tiny(results_dir, **overrides)
+    if not outcome.ok:
+        tail = outcome.log_path.read_text()[-4000:] if outcome.log_path.exists() else ""
+        pytest.fail(f"simulation failed ({outcome.status}/{outcome.flower_status}):\n{tail}")
+    return outcome
+
+
+# --- driving a strategy by hand ---
 
 
 class StubGrid:

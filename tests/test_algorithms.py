@@ -22,8 +22,7 @@ from common.records import TASK_ARRAYS, arrays_from_model, model_shared_keys
 from common.storage import read_arrays
 from server.app import initial_model
 from server.task_heads import aggregate_task_arrays
-from tests.conftest import simulate
-from tests.helpers import act_as_serverapp, strategy_round
+from tests.helpers import act_as_serverapp, simulate, strategy_round
 
 # Each real simulation covers one algorithm, one strategy and one weighting at once.
 COMBOS = [

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
+from deploy.simulation import federation_config
 from experiments.bench import aggregation, communication, overhead, report
 from experiments.bench.flower import (
     AppRun,
     Submission,
-    federation_config,
     stop_after_round,
 )
 from experiments.bench.sampling import TreeSampler, descendants, process_table
@@ -486,8 +486,8 @@ def test_bare_profile_times_every_round_of_the_real_loop() -> None:
 
 
 def test_patched_app_copy_keeps_the_tree_untouched(tmp_path: Path) -> None:
+    from deploy.runs import REPO
     from experiments.bench import deployment
-    from experiments.launch import REPO
 
     original = (REPO / "server" / "metered_grid.py").read_text()
     app = deployment.patched_app(tmp_path / "app")

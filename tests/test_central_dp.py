@@ -22,7 +22,7 @@ from server.app import initial_model
 from server.privacy import make_accountant, release, unreleasable, wrap_central_dp
 from server.secure_aggregation import AccountedClientSideFixedClipping, CountingFedAvg
 from server.strategies import build_strategy
-from tests.conftest import TINY, simulate
+from tests.helpers import TINY, simulate
 
 CLIPPINGS = ["fixed-server", "fixed-client", "adaptive-server", "adaptive-client"]
 SEED = 7  # the run seed, which the server chooses

@@ -23,7 +23,7 @@ from server.privacy import accountant_of, wrap_central_dp
 from server.secure_aggregation import AccountedClientSideFixedClipping, CountingFedAvg
 from server.strategies import build_strategy
 from server.task_heads import TaskAwareHeads
-from tests.conftest import run_tiny, simulate
+from tests.helpers import run_tiny, simulate
 
 
 def _fedadam() -> TaskAwareHeads:

@@ -39,7 +39,7 @@ from experiments.references import (
     split_fingerprint,
 )
 from experiments.transfer import federation_overrides, new_clients, run_adaptation
-from tests.conftest import TINY, engine
+from tests.helpers import TINY, engine
 
 ARGS = [
     "--datasets", "multidigits",

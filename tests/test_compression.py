@@ -16,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 
 from common.compression import compress, decompress, decompress_reply
 from tests.clientapp_round import arrays_of, sent_arrays, train_reply
-from tests.conftest import simulate
+from tests.helpers import simulate
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 

@@ -66,7 +66,7 @@ def test_unknown_task_in_plan_is_named() -> None:
 
 
 def test_launcher_refuses_bad_config_before_starting_anything(capsys) -> None:
-    from experiments.launch import main
+    from deploy.cli import main
 
     assert main(["-c", "algorithm=fedfoo"]) == 2
     assert "valid values" in capsys.readouterr().err

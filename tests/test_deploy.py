@@ -30,15 +30,13 @@ from deploy.local import (
     LocalDeployment,
     ServerTls,
     cert_files,
-    descendants,
     node_config,
-    still_running,
     superexec_args,
     superlink_args,
     supernode_args,
 )
 from deploy.local import main as local_main
-from experiments.launch import flower_env
+from deploy.processes import descendants, flower_env, still_running
 
 REPO = Path(__file__).resolve().parent.parent
 DCLINT_VERSION = "3.1.0"  # pinned in package.json / package-lock.json

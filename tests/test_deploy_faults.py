@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalDeployment, stop_tree
-from experiments.launch import Outcome
+from deploy.local import LocalDeployment
+from deploy.processes import stop_tree
+from deploy.runs import Outcome
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from client.state import read_state_files
 from client.train import build_model, build_weighting
 from common.config import ConfigError, parse_run_config
 from common.federation import load_client_data
-from tests.conftest import simulate
+from tests.helpers import simulate
 
 
 def _client(**overrides):

@@ -18,7 +18,7 @@ from common.config import parse_run_config
 from common.federation import load_client_data
 from common.randomness import SEEDED_NOISE_WARNING
 from tests.clientapp_round import arrays_of, sent_arrays, train_reply
-from tests.conftest import TINY, simulate
+from tests.helpers import TINY, simulate
 
 DP_SGD = {"privacy": "dp-sgd", "dp-noise-multiplier": 1.0, "dp-epsilon": 100.0}
 LOCAL_DP = {"privacy": "local-dp", "ldp-epsilon": 5.0}

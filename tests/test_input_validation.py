@@ -19,7 +19,7 @@ from client.app import client_identity
 from common.config import ConfigError, parse_run_config
 from common.federation import load_client_data, parse_plan
 from common.userdata import UserDataError, load_schema, load_user_pool
-from experiments.launch import parse_overrides
+from deploy.runs import parse_overrides
 
 SCHEMA: dict[str, Any] = {
     "inputs": ["a", "b"],

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from experiments.launch import main
-from tests.conftest import TINY
+from deploy.cli import main
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,8 @@ def test_failed_run_exits_non_zero_with_the_reason(tmp_path, capsys) -> None:
 def test_the_engine_submits_a_slim_fresh_copy_of_the_app(tmp_path) -> None:
     """`flwr run <dir>` walks every file under <dir> for the FAB: the engine submits only
     the packages the apps import, copied again for every run so edits are picked up."""
-    from experiments.launch import REPO, SimulationEngine, stage_app
+    from deploy.runs import REPO, stage_app
+    from deploy.simulation import SimulationEngine
 
     app = stage_app(tmp_path / "app")
     assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]

@@ -4,7 +4,6 @@ rebuilt client models, replayed updates and report numbers must match what the r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import torch
 
 from client.train import evaluate
 from common.config import parse_run_config
-from experiments.launch import SimulationEngine
 from experiments.privacy.sweep import (
     NA_REASON,
     Cell,
@@ -26,15 +24,7 @@ from experiments.privacy.sweep import (
     run_sweep,
     utility,
 )
-from tests.conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def sim_engine() -> Iterator[SimulationEngine]:
-    """A SuperLink of this module's own, stopped when the module is done (the session-wide
-    one in conftest is not stopped when conftest is imported twice, as `tests.conftest`)."""
-    with SimulationEngine() as engine:
-        yield engine
+from tests.helpers import TINY, engine
 
 
 def test_grid_marks_refused_secagg_cells_not_applicable(tmp_path: Path) -> None:
@@ -167,9 +157,7 @@ def test_report_prose_follows_the_config_and_the_records(
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(
-    tmp_path_factory: pytest.TempPathFactory, sim_engine: SimulationEngine
-) -> tuple[Settings, dict[str, Any]]:
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, Any]]:
     root = tmp_path_factory.mktemp("privacy-sweep")
     settings = Settings(
         algorithms=("fedper",),
@@ -185,7 +173,7 @@ def tiny_sweep(
         out=root / "docs" / "PRIVACY.md",
         plots=root / "docs" / "privacy",
     )
-    return settings, run_sweep(settings, sim_engine)
+    return settings, run_sweep(settings, engine())
 
 
 @pytest.mark.slow

@@ -24,9 +24,9 @@ from common.algorithms import get_algorithm
 from common.config import parse_run_config
 from common.records import arrays_from_model, model_shared_keys
 from common.resume import STATE_MISSING, TRAINED_CLIENTS
-from experiments.launch import Outcome
+from deploy.runs import Outcome
 from server.app import initial_model
-from tests.conftest import TINY, run_tiny, simulate
+from tests.helpers import TINY, run_tiny, simulate
 
 RUN = {
     "privacy": "central-dp",

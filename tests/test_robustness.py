@@ -319,7 +319,7 @@ def test_claimed_weights_are_bounded() -> None:
 def test_two_real_cells_produce_the_table_and_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import engine
+    from tests.helpers import engine
 
     cells = rb.grid(["fedavg"], [SIGN_FLIP], seeds=[0])
     rb.run_grid(cells, BASE, tmp_path, engine=engine())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.config import ConfigError, parse_run_config
-from tests.conftest import simulate
+from tests.helpers import simulate
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 
 from common.config import parse_run_config
 from common.federation import client_tasks
-from experiments.launch import Outcome
-from tests.conftest import TINY, simulate
+from deploy.runs import Outcome
+from tests.helpers import TINY, simulate
 
 pytestmark = pytest.mark.slow
 

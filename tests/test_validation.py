@@ -41,7 +41,7 @@ from common.federation import load_client_data
 from common.records import TASK_ARRAYS, model_task_keys
 from server.task_heads import TaskAwareHeads, initial_task_arrays
 from server.validation import ReplyValidator, arrays_problem, heads_problem
-from tests.conftest import TINY, run_tiny, simulate
+from tests.helpers import TINY, run_tiny, simulate
 
 TASKS = ["left", "sum", "parity"]
 SENT = ArrayRecord({"enc.w": Array(np.zeros((2, 3), np.float32))})

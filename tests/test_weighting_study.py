@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from experiments.launch import SimulationEngine
 from experiments.weighting_study import (
     StudySettings,
     paired_difference,
@@ -17,15 +15,7 @@ from experiments.weighting_study import (
     run_name,
     run_study,
 )
-from tests.conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def sim_engine() -> Iterator[SimulationEngine]:
-    """A SuperLink of this module's own, stopped when the module is done (the session-wide
-    one in conftest is not stopped when conftest is imported twice, as `tests.conftest`)."""
-    with SimulationEngine() as engine:
-        yield engine
+from tests.helpers import TINY, engine
 
 
 def test_improvement_needs_more_than_two_std_of_the_paired_difference() -> None:
@@ -98,7 +88,7 @@ def test_report_prose_follows_the_config_and_the_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_study_end_to_end(tmp_path: Path, sim_engine: SimulationEngine) -> None:
+def test_tiny_study_end_to_end(tmp_path: Path) -> None:
     settings = StudySettings(
         methods=("ew", "mgda"),
         correlations=(0.1,),
@@ -108,7 +98,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, sim_engine: SimulationEngine) -> 
         out=tmp_path / "WEIGHTING.md",
         plots=tmp_path / "weighting",
     )
-    out = run_study(settings, sim_engine)
+    out = run_study(settings, engine())
     text = settings.out.read_text()
     assert "python -m experiments.weighting_study" in text
     assert (settings.plots / "final_metrics.png").stat().st_size > 1000

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.bench.flower import BenchEngine, run_fedmtl, slim_app, stream_timed
+from deploy.runs import REPO, STATE, stage_app
+from experiments.bench.flower import BenchEngine, run_fedmtl
 from experiments.bench.harness import BenchContext
 from experiments.bench.stats import median
-from experiments.launch import REPO, STATE, toml_value
 
 POLL_S = 0.1  # the patched MeteredGrid's pull interval and the SuperExec poll variant's
 GRID_POLL_KEY = f"grid_poll_{POLL_S:g}s"
@@ -125,7 +125,7 @@ def import_breakdown(
 def patched_app(dest: Path) -> Path | None:
     """A slim copy of the app whose MeteredGrid polls every POLL_S; None if the anchor moved.
     (Slim only changes how fast `flwr run` builds the FAB, not the rounds compared here.)"""
-    slim_app(dest)
+    stage_app(dest)
     grid = dest / "server" / "metered_grid.py"
     text = grid.read_text()
     if GRID_ANCHOR not in text:
@@ -145,7 +145,7 @@ def _deploy_run(
 ) -> dict[str, Any]:
     """Start a LocalDeployment, submit the app once (from `app_dir`, default a slim copy as
     `LocalDeployment.submit` uses), time it, stop it."""
-    from deploy.local import CONNECTION, LocalDeployment
+    from deploy.local import LocalDeployment
 
     ctx.log(f"deployment: {tag}")
     saved = {k: os.environ.get(k) for k in (env_extra or {})}
@@ -164,17 +164,9 @@ def _deploy_run(
         ) as dep:
             up = time.perf_counter() - t0
             res_dir = results / overrides["run-name"]
-            res_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("summary.json", "metrics.jsonl"):
-                (res_dir / stale).unlink(missing_ok=True)
-            conf = dep.home / f"bench-run-config-{tag}.toml"
-            conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
-            app = app_dir or slim_app(dep.home / "app")
-            cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(conf)]
-            _, wall, _, _ = stream_timed(
-                cmd, dep.cli_env(), dep.logs / f"bench-{tag}.log", timeout=900
-            )
-            status = dep.flower_status()
+            (res_dir / "metrics.jsonl").unlink(missing_ok=True)
+            outcome = dep.submit(overrides, timeout=900, app_dir=app_dir)
+            wall, status = outcome.wall_time_s, outcome.flower_status
             t1 = time.perf_counter()
         down = time.perf_counter() - t1
     finally:

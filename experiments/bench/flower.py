@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,26 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
+from deploy.simulation import CONNECTION, SimulationEngine, federation_config
 from experiments.bench.sampling import TreeSampler
-from experiments.launch import (
-    SimulationEngine,
-    _flower_status,
-    stop_process_group,
-    toml_value,
-)
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROBE_APP = BENCH_DIR / "probe"
 PROBE_PAYLOAD = 1000  # float32 values the probe sends each way per message
-
-
-def slim_app(dest: Path, repo: Path | None = None) -> Path:
-    """The slim app copy the engines submit (`experiments.launch.stage_app`)."""
-    from experiments.launch import REPO, stage_app
-
-    return stage_app(dest, repo or REPO)
-
-
 ROUND_LINE = re.compile(r"fedmtl \| round\s+(\d+)/(\d+)")
 
 
@@ -68,17 +53,6 @@ class Submission:
         return out
 
 
-def federation_config(num_supernodes: int, cpus_per_client: float, **extra: Any) -> str:
-    """The `--federation-config` string; `extra` keys use Flower's names with '_' or '-'."""
-    items = {
-        "num-supernodes": num_supernodes,
-        "client-resources-num-cpus": cpus_per_client,
-        "client-resources-num-gpus": 0.0,
-        **{k.replace("_", "-"): v for k, v in extra.items()},
-    }
-    return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
-
-
 def submit(
     engine: SimulationEngine,
     app_dir: Path,
@@ -90,89 +64,33 @@ def submit(
     stop_when: Callable[[list[tuple[float, str]]], bool] | None = None,
     sample_memory: bool = False,
 ) -> Submission:
-    """Run one app on the engine's SuperLink and wait for it (or for `stop_when`)."""
+    """Run one app on the engine's SuperLink and wait for it (or for `stop_when`, then stop
+    the run); every line of the log gets its time since submission."""
     assert engine.superlink is not None, "use inside `with SimulationEngine() as engine`"
-    conf = engine.home / f"bench-run-config-{time.time_ns()}.toml"
-    conf.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
-    cmd = [
-        "flwr",
-        "run",
-        str(app_dir),
-        "fedmtl-sim",
-        "--stream",
-        "--run-config",
-        str(conf),
-        "--federation-config",
-        federation,
-    ]
     sampler = TreeSampler(engine.superlink.pid) if sample_memory else None
     if sampler:
         sampler.start()
     try:
-        run_id, wall, lines, stopped = stream_timed(
-            cmd,
-            engine.env,
+        streamed = engine.submit(
+            app_dir,
+            run_config,
+            federation,
             log_path,
             timeout=timeout,
             stop_when=stop_when,
-            on_stop=lambda rid: _stop_run(engine, rid),
+            timestamps=True,
         )
+        if streamed.stopped:
+            _stop_run(engine, streamed.run_id)
     finally:
         if sampler:
             sampler.stop()
-    status = _flower_status(engine.env, run_id)
-    sub = Submission(run_id, wall, status, lines, stopped)
+    status = engine.status(streamed.run_id)
+    sub = Submission(streamed.run_id, streamed.wall_s, status, streamed.lines, streamed.stopped)
     if sampler:
         sub.peak_rss_bytes, sub.peak_pss_bytes = sampler.peak_rss, sampler.peak_pss
         sub.memory_samples = sampler.samples
     return sub
-
-
-def stream_timed(
-    cmd: list[str],
-    env: dict[str, str],
-    log_path: Path,
-    *,
-    timeout: float,
-    stop_when: Callable[[list[tuple[float, str]]], bool] | None = None,
-    on_stop: Callable[[str], None] | None = None,
-) -> tuple[str, float, list[tuple[float, str]], bool]:
-    """Run `flwr run --stream`, time-stamp every line (also in the log file), stop it after
-    `timeout` even when it prints nothing, or once `stop_when(lines)` holds (then `on_stop`
-    gets the run id). Returns (run id, wall seconds, lines, stopped early)."""
-    lines: list[tuple[float, str]] = []
-    run_id, stopped = "", False
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    timer = threading.Timer(timeout, stop_process_group, args=(proc,), kwargs={"grace": 2.0})
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        with open(log_path, "w", buffering=1) as log:
-            for line in proc.stdout:
-                now = time.perf_counter() - t0
-                log.write(f"[{now:9.3f}] {line}")
-                lines.append((now, line.rstrip()))
-                if not run_id and (m := re.search(r"(?:started|Created) run (\d+)", line)):
-                    run_id = m.group(1)
-                if stop_when is not None and stop_when(lines):
-                    stopped = True
-                    if on_stop is not None:
-                        on_stop(run_id)
-                    break
-        proc.wait(timeout=60)
-    finally:
-        timer.cancel()
-        stop_process_group(proc, grace=2.0)
-    return run_id, time.perf_counter() - t0, lines, stopped
 
 
 def _stop_run(engine: SimulationEngine, run_id: str) -> None:
@@ -181,7 +99,7 @@ def _stop_run(engine: SimulationEngine, run_id: str) -> None:
     if not run_id:
         return
     subprocess.run(
-        ["flwr", "stop", run_id, "fedmtl-sim"],
+        ["flwr", "stop", run_id, CONNECTION],
         env=engine.env,
         capture_output=True,
         timeout=60,
@@ -189,7 +107,7 @@ def _stop_run(engine: SimulationEngine, run_id: str) -> None:
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if _flower_status(engine.env, run_id).startswith("finished"):
+        if engine.status(run_id).startswith("finished"):
             return
         time.sleep(0.5)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.launch import REPO
+from deploy.runs import REPO
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
-from experiments.bench.flower import AppRun, BenchEngine, run_fedmtl, run_probe, slim_app
+from deploy.runs import REPO, stage_app
+from experiments.bench.flower import AppRun, BenchEngine, run_fedmtl, run_probe
 from experiments.bench.harness import BenchContext
 from experiments.bench.stats import Target, median
-from experiments.launch import REPO
 
 TARGET_RATIO = 1.5
 
@@ -211,7 +211,7 @@ def fab_build_cost(slim_dir: Path, repeats: int = 2) -> dict[str, Any]:
     repository's .venv, .state and results are walked on every run."""
     from flwr.cli.build import build_fab_from_disk
 
-    slim = slim_app(slim_dir)
+    slim = stage_app(slim_dir)
     out: dict[str, Any] = {}
     for name, path in (("repository", REPO), ("slim", slim)):
         walked = sum(len(files) for _, _, files in os.walk(path))

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
+from deploy.runs import REPO
 from experiments.bench.communication import CLASSIFICATION, PARALLEL
 from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S
 from experiments.bench.flower import PROBE_PAYLOAD
 from experiments.bench.sampling import MEMORY_INTERVAL_S
-from experiments.launch import REPO
 
 DOC = REPO / "docs" / "PERFORMANCE.md"
 PLOTS = REPO / "docs" / "performance"
@@ -378,7 +378,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             _knob_notes(s, machine, mini_cfg.fraction_evaluate) + " `client-resources-num-gpus` "
             "and `init-args-num-gpus` do nothing without a GPU. `repo-dir` is no Flower "
             "option: every row but it submits a slim copy of the app (only `client/`, "
-            "`common/`, `server/` and pyproject.toml, `experiments.launch.stage_app`, which "
+            "`common/`, `server/` and pyproject.toml, `deploy.runs.stage_app`, which "
             "`make run`, the tests and every harness use); `repo-dir` submits the repository "
             "directory as `flwr run .` does (see below).",
             "",

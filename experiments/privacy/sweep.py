@@ -63,7 +63,8 @@ from common.federation import ClientData, Split, client_tasks, load_client_data
 from common.models import MultiTaskModel
 from common.storage import atomic_write_json, read_arrays
 from common.tasks import TaskSpec
-from experiments.launch import REPO, SimulationEngine
+from deploy.runs import REPO
+from deploy.simulation import SimulationEngine
 from experiments.privacy.membership import (
     flat_update,
     lira_offline_mia,
@@ -1383,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path, default=Settings.plots)
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
-    from experiments.launch import parse_overrides
+    from deploy.runs import parse_overrides
 
     settings = Settings(
         algorithms=tuple(args.algorithms),

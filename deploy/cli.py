@@ -1,0 +1,47 @@
+"""`fedmtl-run` (and `make run`): one simulation of the app, end to end, reported honestly.
+
+Starts a SuperLink of its own, submits the app, shows one line per round, prints the final
+metrics, stops everything it started, and exits non-zero when the run failed (`flwr run`
+itself exits 0 either way).
+
+    fedmtl-run -c num-server-rounds=5 -c algorithm=local
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.config import RunConfig, parse_run_config
+from deploy.runs import parse_overrides, report_outcome
+from deploy.simulation import run_simulation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "-c",
+        "--run-config",
+        action="append",
+        default=[],
+        help="override a run-config key: -c key=value (repeatable)",
+    )
+    parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.run_config)
+        cfg: RunConfig = parse_run_config(overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"fedmtl: {cfg.name}: {cfg.dataset}, {cfg.num_clients} clients, "
+        f"{cfg.num_server_rounds} rounds, algorithm {cfg.algorithm}, weighting {cfg.weighting}"
+    )
+    outcome = run_simulation(overrides, cpus_per_client=args.cpus_per_client, echo=not args.quiet)
+    return report_outcome(outcome)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Run the Flower app through the Simulation Engine, end to end, and report honestly.
+
+`flwr run` exits 0 even when the run failed and leaves a managed SuperLink running. The engine
+starts its own SuperLink (simulation mode, loopback, a free port) with a private FLWR_HOME,
+submits the app with `flwr run --stream`, checks the run's status in `summary.json` and in
+`flwr ls`, and stops the SuperLink it started (whole process group) on exit. `make run`, the
+studies and the tests all run simulations through it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig, parse_run_config
+from deploy.processes import LOOPBACK, flower_env, free_port, stop_process_group, wait_healthy
+from deploy.runs import (
+    REPO,
+    STATE,
+    Lines,
+    Outcome,
+    Streamed,
+    flower_status,
+    flwr_run_command,
+    prepare_results,
+    read_outcome,
+    stage_app,
+    stream_run,
+    toml_value,
+    write_flwr_config,
+    write_run_config,
+)
+
+CONNECTION = "fedmtl-sim"  # the connection name in the engine's FLWR_HOME
+
+
+def federation_config(num_supernodes: int, cpus_per_client: float, **extra: Any) -> str:
+    """The `--federation-config` string; `extra` keys use Flower's names with '_' or '-'
+    (e.g. `init_args_num_cpus=4`)."""
+    items = {
+        "num-supernodes": num_supernodes,
+        "client-resources-num-cpus": cpus_per_client,
+        "client-resources-num-gpus": 0.0,
+        **{k.replace("_", "-"): v for k, v in extra.items()},
+    }
+    return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
+
+
+class SimulationEngine:
+    """A SuperLink in simulation mode (loopback, free port, private FLWR_HOME) that runs one
+    or more apps in turn; stopped, with everything it started, on exit.
+
+        with SimulationEngine() as engine:
+            for overrides in grid:
+                outcome = engine.run(overrides)
+    """
+
+    def __init__(self, app_dir: Path | None = None, cpus_per_client: int | float = 1) -> None:
+        # None: submit a fresh slim copy of this repository's app for every run (`stage_app`).
+        self.app_dir = app_dir
+        self.cpus_per_client = cpus_per_client
+        self.superlink: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationEngine:
+        STATE.mkdir(exist_ok=True)
+        self.home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=STATE))
+        self.env = flower_env()
+        self.env["FLWR_HOME"] = str(self.home)
+        port = free_port()
+        write_flwr_config(self.home, CONNECTION, f"{LOOPBACK}:{port}", None)
+        self.superlink_log = open(self.home / "superlink.log", "w")
+        self.superlink = subprocess.Popen(
+            [
+                "flower-superlink",
+                "--insecure",
+                "--simulation",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=self.env,
+            cwd=str(self.app_dir or REPO),  # relative paths in a run config resolve here
+            stdout=self.superlink_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_healthy(port, self.superlink)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.superlink is not None:
+            stop_process_group(self.superlink)
+            self.superlink = None
+        self.superlink_log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def app_path(self) -> Path:
+        """The directory to submit: the given one, or a fresh slim copy of the repository's
+        app (fresh per run, so edits between runs are picked up as `flwr run .` would)."""
+        return self.app_dir or stage_app(self.home / "app")
+
+    def submit(
+        self,
+        app_dir: Path,
+        run_config: dict[str, Any],
+        federation: str,
+        log_path: Path,
+        *,
+        timeout: float | None = None,
+        echo: bool = False,
+        stop_when: Callable[[Lines], bool] | None = None,
+        timestamps: bool = False,
+    ) -> Streamed:
+        """Submit the app in `app_dir` with `run_config` and `--federation-config
+        federation`; stream it until it ends, `timeout` or `stop_when` (`stream_run`)."""
+        if self.superlink is None:
+            raise RuntimeError("submit inside `with SimulationEngine() as engine`")
+        conf = write_run_config(self.home / f"run-config-{time.time_ns()}.toml", run_config)
+        cmd = flwr_run_command(app_dir, CONNECTION, conf, federation)
+        return stream_run(
+            cmd,
+            self.env,
+            log_path,
+            timeout=timeout,
+            echo=echo,
+            stop_when=stop_when,
+            timestamps=timestamps,
+        )
+
+    def status(self, run_id: str) -> str:
+        """The run's status as this engine's SuperLink records it."""
+        return flower_status(self.env, CONNECTION, run_id)
+
+    def run(
+        self,
+        overrides: dict[str, Any] | None = None,
+        *,
+        echo: bool = True,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """Run the app once with `overrides` of the run config; wait for it to finish."""
+        overrides, cfg, results_dir = prepare_results(dict(overrides or {}))
+        overrides["state-dir"] = str(client_state_dir(cfg, results_dir))
+        log_path = results_dir / "flower.log"
+        fed = federation_config(cfg.num_clients, self.cpus_per_client)
+        streamed = self.submit(
+            self.app_path(), overrides, fed, log_path, timeout=timeout, echo=echo
+        )
+        if streamed.expired:
+            raise TimeoutError(f"simulation did not finish within {timeout:.0f}s; see {log_path}")
+        return read_outcome(results_dir, log_path, streamed.wall_s, self.status(streamed.run_id))
+
+
+def client_state_dir(cfg: RunConfig, results_dir: Path) -> Path:
+    """Where the simulated clients keep their private state: `state-dir` when given, else
+    `<results-dir>/<run-name>/client-state`, so that `resume = true` finds it. A new run
+    (not a resume) under that default starts from empty state, as a new run should."""
+    if cfg.state_dir:
+        return Path.cwd() / cfg.state_dir
+    default = results_dir / "client-state"
+    if not cfg.resume:
+        shutil.rmtree(default, ignore_errors=True)
+    return default
+
+
+def run_simulation(
+    overrides: dict[str, Any] | None = None,
+    *,
+    app_dir: Path | None = None,
+    cpus_per_client: int | float = 1,
+    echo: bool = True,
+    timeout: float | None = None,
+) -> Outcome:
+    """Run the app once in the Simulation Engine with `overrides` of the run config."""
+    parse_run_config(dict(overrides or {}))  # fail fast, before any process starts
+    t0 = time.perf_counter()
+    with SimulationEngine(app_dir, cpus_per_client) as engine:
+        outcome = engine.run(overrides, echo=echo, timeout=timeout)
+    outcome.wall_time_s = time.perf_counter() - t0  # includes the SuperLink's start and stop
+    return outcome
