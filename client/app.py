@@ -217,7 +217,7 @@ def open_session(
         data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)
     model = build_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
-    personal = copy.deepcopy(model) if algorithm.schedule == "ditto" else None
+    personal = copy.deepcopy(model) if algorithm.personal_model else None
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
     state_dir = str(context.node_config.get("state-dir", cfg.state_dir))
     store = PrivateStore(context, client_id, state_dir, cfg.federation_name)

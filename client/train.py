@@ -4,6 +4,7 @@ benchmark and the centralized reference all call these."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ def build_model(
 def build_weighting(
     cfg: RunConfig, task_names: Sequence[str], all_tasks: Sequence[str], client_id: int = 0
 ) -> Weighting:
+    """The configured weighting for a client's tasks. `static-weights` lists α in the dataset's
+    task order (`all_tasks`); the method takes them by task name."""
     options = cfg.weighting_options(client_id)
-    if cfg.weighting == "static":
+    if "static_weights" in options:
         options["static_weights"] = cfg.static_alphas(list(all_tasks))
     return make_weighting(cfg.weighting, task_names, options)
 
@@ -222,6 +225,81 @@ def train_heads(
         )
 
 
+@dataclass
+class RoundState:
+    """What a schedule works with during one round of local training."""
+
+    model: MultiTaskModel
+    data: ClientData
+    weighting: Weighting
+    cfg: RunConfig
+    server_round: int
+    generator: torch.Generator
+    anchor: dict[str, torch.Tensor]  # the received encoder, as `encoder.*` parameter names
+    hook: Callable[[], None] | None  # after each backward: FedProx's proximal term, if any
+    personal: MultiTaskModel | None = None
+
+    def run(self, epochs: int, loss_fn: LossFn = task_losses) -> TrainStats:
+        """`epochs` of training of `model` under the client's weighting (and the weighting's
+        own parameters), with the round's gradient hook."""
+        return train_epochs(
+            self.model,
+            self.data.train,
+            self.weighting,
+            self.cfg,
+            epochs=epochs,
+            generator=self.generator,
+            loss_fn=loss_fn,
+            grad_hook=self.hook,
+            extra_params=list(self.weighting.parameters()),
+        )
+
+
+def joint_schedule(r: RoundState) -> TrainStats:
+    """Encoder and heads together for `local-epochs` (fedper, fedavg, local, ...)."""
+    return r.run(r.cfg.local_epochs)
+
+
+def fedrep_schedule(r: RoundState) -> TrainStats:
+    """FedRep: the heads with the encoder frozen, then the encoder with the heads frozen."""
+    train_heads(r.model, r.data, r.cfg, r.cfg.fedrep_head_epochs, r.generator)
+    with frozen(r.model.heads, r.model.gates):
+        body = dataclasses.replace(r, hook=fedrep_body_hook(r.model, r.cfg, r.hook))
+        return body.run(r.cfg.fedrep_body_epochs)
+
+
+def fedrod_schedule(r: RoundState) -> TrainStats:
+    """FedRoD: generic heads on the task loss, private heads on a correction."""
+    return r.run(r.cfg.local_epochs, fedrod_losses)
+
+
+def ditto_schedule(r: RoundState) -> TrainStats:
+    """Ditto: the global track (what is sent), then the personal model pulled toward the
+    received encoder by `ditto-lambda`; the personal model's stats are reported."""
+    if r.personal is None:
+        raise ValueError("ditto needs the client's personal model")
+    r.run(r.cfg.local_epochs)
+    # The personal model's own weighting copy keeps its loss-weighting state separate.
+    return train_epochs(
+        r.personal,
+        r.data.train,
+        copy.deepcopy(r.weighting),
+        r.cfg,
+        epochs=r.cfg.local_epochs,
+        generator=round_generator(r.cfg, r.data.client_id, r.server_round, 1),
+        grad_hook=proximal_hook(r.personal, r.anchor, r.cfg.ditto_lambda),
+    )
+
+
+# The `schedule` of each algorithm in `common.algorithms`, by name.
+SCHEDULES: dict[str, Callable[[RoundState], TrainStats]] = {
+    "joint": joint_schedule,
+    "fedrep": fedrep_schedule,
+    "fedrod": fedrod_schedule,
+    "ditto": ditto_schedule,
+}
+
+
 def local_round(
     model: MultiTaskModel,
     data: ClientData,
@@ -239,46 +317,17 @@ def local_round(
     update to send. `personal` is Ditto's personal model (never sent).
     """
     torch.manual_seed(cfg.seed * 7919 + data.client_id * 31 + server_round)
-    gen = round_generator(cfg, data.client_id, server_round)
     received = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
     anchor = {f"encoder.{k}": v for k, v in received.items()}
-    hook = proximal_hook(model, anchor, proximal_mu) if proximal_mu > 0 else None
-    extra = list(weighting.parameters())
-
-    def run(
-        epochs: int, loss_fn: LossFn = task_losses, grad_hook: Callable[[], None] | None = hook
-    ) -> TrainStats:
-        return train_epochs(
-            model,
-            data.train,
-            weighting,
-            cfg,
-            epochs=epochs,
-            generator=gen,
-            loss_fn=loss_fn,
-            grad_hook=grad_hook,
-            extra_params=extra,
-        )
-
-    if algorithm.schedule == "fedrep":
-        train_heads(model, data, cfg, cfg.fedrep_head_epochs, gen)
-        with frozen(model.heads, model.gates):
-            return run(cfg.fedrep_body_epochs, grad_hook=fedrep_body_hook(model, cfg, hook))
-    if algorithm.schedule == "fedrod":
-        return run(cfg.local_epochs, fedrod_losses)
-    stats = run(cfg.local_epochs)
-    if algorithm.schedule == "ditto":
-        if personal is None:
-            raise ValueError("ditto needs the client's personal model")
-        # The personal model's own weighting copy keeps its loss-weighting state separate.
-        pull = proximal_hook(personal, anchor, cfg.ditto_lambda)
-        stats = train_epochs(
-            personal,
-            data.train,
-            copy.deepcopy(weighting),
-            cfg,
-            epochs=cfg.local_epochs,
-            generator=round_generator(cfg, data.client_id, server_round, 1),
-            grad_hook=pull,
-        )
-    return stats
+    state = RoundState(
+        model,
+        data,
+        weighting,
+        cfg,
+        server_round,
+        generator=round_generator(cfg, data.client_id, server_round),
+        anchor=anchor,
+        hook=proximal_hook(model, anchor, proximal_mu) if proximal_mu > 0 else None,
+        personal=personal,
+    )
+    return SCHEDULES[algorithm.schedule](state)

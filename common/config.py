@@ -1,6 +1,8 @@
 """Run configuration: the one place that lists every run-config key, its type, default and
 valid values. `pyproject.toml`'s `[tool.flwr.app.config]` carries the same defaults (a test
 keeps them equal); the ServerApp, the ClientApp and the experiments all parse through here.
+The method axes (algorithm, weighting, strategy) come from their tables, and so do the keys
+only one method reads and which methods a privacy setting refuses.
 """
 
 from __future__ import annotations
@@ -13,38 +15,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.algorithms import ALGORITHMS
+from common.strategy_table import STRATEGIES
+from common.weighting_table import WEIGHTINGS
+
+# The method tables, one per axis: the config's choices, per-method keys and compatibility
+# checks below all follow from them.
+METHOD_TABLES: dict[str, Mapping[str, Any]] = {
+    "algorithm": ALGORITHMS,
+    "weighting": WEIGHTINGS,
+    "strategy": STRATEGIES,
+}
+
 # Valid names for every key that selects an implementation. The factories that turn these
-# names into objects (WEIGHTINGS, ALGORITHMS, STRATEGIES, DATASETS) are checked against
-# this table by a test, so a name cannot be valid here and missing there.
+# names into objects (the weighting classes, schedules, strategy builders, DATASETS) are
+# checked against them by a test, so a name cannot be valid here and missing there.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("multidigits", "synthcorr", "penguins", "user"),
-    "algorithm": ("fedper", "local", "fedavg", "fedavg-ft", "fedrep", "ditto", "fedrod"),
-    "weighting": (
-        "ew",
-        "static",
-        "uw",
-        "dwa",
-        "rlw",
-        "gradnorm",
-        "pcgrad",
-        "mgda",
-        "cagrad",
-        "nash",
-    ),
+    **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
-    "strategy": (
-        "fedavg",
-        "fedprox",
-        "fedadam",
-        "fedyogi",
-        "fedadagrad",
-        "fedavgm",
-        "fedmedian",
-        "fedtrimmedavg",
-        "krum",
-        "multikrum",
-        "bulyan",
-    ),
     "architecture": ("hps", "mmoe"),
     "encoder": ("mlp", "cnn"),
     "partitioner": ("iid", "dirichlet", "shards", "natural"),
@@ -96,8 +85,8 @@ class RunConfig:
     algorithm: str = _key("fedper")
     weighting: str = _key("ew")
     strategy: str = _key("fedavg")
-    architecture: str = _key("hps")
-    encoder: str = _key("mlp")
+    architecture: str = _key("hps", doc="mmoe: experts built like the `encoder`, a gate per task")
+    encoder: str = _key("mlp", doc="cnn: images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)
     results_dir: str = _key("results")
     run_name: str = _key("", doc="results/<run-name>/; empty: derived from the config")
@@ -115,7 +104,7 @@ class RunConfig:
     lr: float = _key(0.05, low=0.0, low_open=True)
     momentum: float = _key(0.9, low=0.0, high=0.999)
     hidden: int = _key(64, low=1)
-    num_blocks: int = _key(2, low=1)
+    num_blocks: int = _key(2, low=1, doc="encoder blocks: Linear+ReLU (mlp), conv (cnn)")
     num_experts: int = _key(4, low=1)
     dwa_temperature: float = _key(2.0, low=0.0, low_open=True, doc="DWA (Liu et al. 2019)")
     gradnorm_alpha: float = _key(1.5, low=0.0, doc="GradNorm asymmetry (Chen et al. 2018)")
@@ -203,7 +192,8 @@ class RunConfig:
     def digest(self) -> str:
         """Hash of what determines the training; a checkpoint resumes only under the same.
         Names, paths, the round count (a resumed run may go further) and reporting are out,
-        and so are the settings of algorithms and weightings the config does not select."""
+        and so are the settings of methods (algorithms, weightings, strategies) the config does
+        not select."""
         ignored = (
             "run-name",
             "results-dir",
@@ -226,17 +216,10 @@ class RunConfig:
         return self.run_name or f"{self.dataset}-{self.algorithm}-{self.weighting}-s{self.seed}"
 
     def weighting_options(self, client_id: int) -> dict[str, Any]:
-        """Options of the weighting methods (snake_case), seeded per client."""
-        keys = (
-            "dwa_temperature",
-            "gradnorm_alpha",
-            "gradnorm_lr",
-            "mgda_normalize",
-            "cagrad_c",
-            "cagrad_rescale",
-            "nash_max_norm",
-        )
-        return {k: getattr(self, k) for k in keys} | {"seed": self.seed * 10_007 + client_id}
+        """Options of the selected weighting: its keys in the weighting table (snake_case),
+        and a seed per client."""
+        attrs = [k.replace("-", "_") for k in WEIGHTINGS[self.weighting].keys]
+        return {a: getattr(self, a) for a in attrs} | {"seed": self.seed * 10_007 + client_id}
 
     def static_alphas(self, task_names: list[str]) -> dict[str, float]:
         """α per task from `static-weights`, checked against the dataset's task list."""
@@ -259,28 +242,29 @@ class ConfigError(ValueError):
 _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunConfig)}
 
 
-# Keys that only one algorithm or weighting reads (selector key, method).
-_METHOD_KEYS: dict[str, tuple[str, str]] = {
-    "static-weights": ("weighting", "static"),
-    "dwa-temperature": ("weighting", "dwa"),
-    "gradnorm-alpha": ("weighting", "gradnorm"),
-    "gradnorm-lr": ("weighting", "gradnorm"),
-    "mgda-normalize": ("weighting", "mgda"),
-    "cagrad-c": ("weighting", "cagrad"),
-    "cagrad-rescale": ("weighting", "cagrad"),
-    "nash-max-norm": ("weighting", "nash"),
-    "fedrep-head-epochs": ("algorithm", "fedrep"),
-    "fedrep-body-epochs": ("algorithm", "fedrep"),
-    "fedrep-max-grad-norm": ("algorithm", "fedrep"),
-    "finetune-epochs": ("algorithm", "fedavg-ft"),
-    "ditto-lambda": ("algorithm", "ditto"),
-}
+def _method_keys() -> dict[str, set[tuple[str, str]]]:
+    """Per method-specific key, the (selector key, method) pairs that read it."""
+    readers: dict[str, set[tuple[str, str]]] = {}
+    for selector, table in METHOD_TABLES.items():
+        for name, method in table.items():
+            for key in method.keys:
+                readers.setdefault(key, set()).add((selector, name))
+    return readers
+
+
+# Keys that only some algorithms, weightings or strategies read, with the methods that do.
+_METHOD_KEYS = _method_keys()
 
 
 def inactive_method_keys(values: Mapping[str, Any]) -> set[str]:
-    """The method-specific keys that the selected algorithm and weighting never read, so a
-    new or changed FedRep setting does not make a finished FedPer run look different."""
-    return {k for k, (sel, method) in _METHOD_KEYS.items() if values.get(sel) != method}
+    """The method-specific keys that the selected algorithm, weighting and strategy never
+    read, so a new or changed FedRep setting does not make a finished FedPer run look
+    different."""
+    return {
+        key
+        for key, readers in _METHOD_KEYS.items()
+        if not any(values.get(selector) == name for selector, name in readers)
+    }
 
 
 def same_training(recorded: Mapping[str, Any], cfg: RunConfig) -> bool:
@@ -333,7 +317,8 @@ def check_strategy_fits(cfg: RunConfig, available: int) -> None:
         raise ConfigError(
             f"run config 'min-nodes' = {cfg.min_nodes} exceeds the {available} clients"
         )
-    need = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.strategy)
+    robust = STRATEGIES[cfg.strategy].robust
+    need = robust[0] * f + robust[1] if robust else None
     if need is not None and n < need:
         raise ConfigError(
             f"strategy '{cfg.strategy}' with num-malicious = {f} needs at least {need} clients "
@@ -345,20 +330,28 @@ def check_strategy_fits(cfg: RunConfig, available: int) -> None:
 
 
 # Under DP-SGD: one backward pass per step (Opacus's per-sample hooks and Poisson sampling
-# assume it) and no parameters outside the model (UW's, GradNorm's) that see the data.
-DP_SGD_WEIGHTINGS = ("ew", "static", "dwa", "rlw")
-DP_SGD_ALGORITHMS = ("fedper", "fedavg", "local")
+# assume it), no parameters outside the model (UW's, GradNorm's) that see the data, and no
+# local training outside the accountant.
+DP_SGD_WEIGHTINGS = tuple(n for n, w in WEIGHTINGS.items() if w.runs_under_dp_sgd)
+DP_SGD_ALGORITHMS = tuple(n for n, a in ALGORITHMS.items() if a.runs_under_dp_sgd)
+# Central/local DP and SecAgg+ act on the encoder update only.
+ENCODER_ONLY_ALGORITHMS = tuple(n for n, a in ALGORITHMS.items() if not a.sends_heads)
+
+
+def _names(names: list[str]) -> str:
+    """'a, b or c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def check_privacy_fits(cfg: RunConfig) -> None:
     if cfg.secagg:
         check_secagg_fits(cfg)
     if cfg.privacy in ("central-dp", "local-dp"):
-        if cfg.algorithm in ("fedavg", "fedavg-ft", "fedrod"):
+        if ALGORITHMS[cfg.algorithm].sends_heads:
             raise ConfigError(
                 f"privacy '{cfg.privacy}' clips and noises the encoder update only; algorithm "
                 f"'{cfg.algorithm}' also sends heads, which would travel without noise; use "
-                "fedper, fedrep, ditto or local (or privacy 'dp-sgd')"
+                f"{_names(list(ENCODER_ONLY_ALGORITHMS))} (or privacy 'dp-sgd')"
             )
         adaptive = cfg.privacy == "central-dp" and cfg.cdp_clipping.startswith("adaptive")
         stddev = cfg.cdp_clipped_count_stddev or sampled_per_round(cfg, cfg.num_clients) / 20
@@ -395,10 +388,12 @@ def check_privacy_fits(cfg: RunConfig) -> None:
 
 def check_secagg_fits(cfg: RunConfig) -> None:
     """SecAgg+ sums one vector per client: the same keys everywhere, FedAvg's weighting."""
-    if cfg.algorithm in ("fedavg", "fedavg-ft", "fedrod", "local"):
+    algorithm = ALGORITHMS[cfg.algorithm]
+    if algorithm.sends_heads or not algorithm.share_encoder:
+        valid = [n for n in ENCODER_ONLY_ALGORITHMS if ALGORITHMS[n].share_encoder]
         raise ConfigError(
             f"secagg = true aggregates the shared encoder only; algorithm '{cfg.algorithm}' "
-            "federates per-task heads or nothing at all; use fedper, fedrep or ditto"
+            f"federates per-task heads or nothing at all; use {_names(valid)}"
         )
     if cfg.strategy != "fedavg":
         raise ConfigError(

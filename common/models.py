@@ -9,6 +9,7 @@ below are the only place that decides which of them travel to the server.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -37,44 +38,49 @@ class MLPEncoder(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """Small CNN for image inputs (GroupNorm, never BatchNorm: DP-SGD and FedAvg break on it)."""
+    """Small CNN for images: `num_blocks` blocks of 3×3 convolution (same padding; 16, 32, 64,
+    ... channels) + GroupNorm + ReLU + 2×2 max-pooling (while both sides are at least 2), the
+    last block ending with the dense projection to `hidden`. Block granularity is what
+    partial sharing counts, as in the MLP. Pooling keeps the projection's fan-in small: on
+    MultiDigits, two convolutions without it feed 4096 features to the projection and SGD at
+    the default learning rate diverges. GroupNorm, never BatchNorm: DP-SGD and FedAvg break
+    on it."""
 
-    def __init__(self, image_shape: tuple[int, int], hidden: int, num_blocks: int) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], hidden: int, num_blocks: int) -> None:
         super().__init__()
-        channels = [1, 16, 32][: max(num_blocks, 2)]
-        convs = [
-            nn.Sequential(
-                nn.Conv2d(channels[i], channels[i + 1], 3, padding=1),
-                nn.GroupNorm(4, channels[i + 1]),
-                nn.ReLU(),
-            )
-            for i in range(len(channels) - 1)
-        ]
+        channels, height, width = image_shape
+        blocks = []
+        for i in range(num_blocks):
+            out = 16 * 2**i
+            layers = [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(4, out), nn.ReLU()]
+            if height >= 2 and width >= 2:
+                layers.append(nn.AvgPool2d(2))
+                height, width = height // 2, width // 2
+            channels = out
+            if i == num_blocks - 1:
+                layers += [nn.Flatten(), nn.Linear(channels * height * width, hidden), nn.ReLU()]
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.ModuleList(blocks)
         self.image_shape = image_shape
-        flat = channels[-1] * image_shape[0] * image_shape[1]
-        self.blocks = nn.ModuleList(
-            [*convs, nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU())]
-        )
         self.output_dim = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.view(-1, 1, *self.image_shape)
+        x = x.reshape(-1, *self.image_shape)
         for block in self.blocks:
             x = block(x)
         return x
 
 
 class MMoEEncoder(nn.Module):
-    """Multi-gate mixture of experts (Ma et al. 2018): the experts are the shared part; each
-    task routes through them with its own gate, which lives in `MultiTaskModel.gates`."""
+    """Multi-gate mixture of experts (Ma et al. 2018): the experts (each built like the run's
+    `encoder`) are the shared part; each task routes through them with its own gate, which
+    lives in `MultiTaskModel.gates` and sees the flattened input."""
 
-    def __init__(self, input_dim: int, hidden: int, num_blocks: int, num_experts: int) -> None:
+    def __init__(self, input_dim: int, experts: Sequence[nn.Module]) -> None:
         super().__init__()
         self.input_dim = input_dim
-        self.experts = nn.ModuleList(
-            MLPEncoder(input_dim, hidden, num_blocks) for _ in range(num_experts)
-        )
-        self.output_dim = hidden
+        self.experts = nn.ModuleList(experts)
+        self.output_dim = experts[0].output_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expert outputs stacked: (batch, experts, hidden)."""
@@ -159,6 +165,27 @@ def _seeded(seed: int, tag: str, factory: Callable[[], nn.Module]) -> nn.Module:
         torch.random.set_rng_state(state)
 
 
+def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of image inputs given as (H, W) (one channel) or (C, H, W)."""
+    if len(input_shape) == 2:
+        return (1, input_shape[0], input_shape[1])
+    if len(input_shape) == 3:
+        return (input_shape[0], input_shape[1], input_shape[2])
+    raise ValueError(
+        "run config 'encoder' = 'cnn' needs image inputs, (H, W) or (C, H, W); this "
+        f"dataset's inputs have shape {input_shape}; valid here: 'mlp'"
+    )
+
+
+def _single_encoder(
+    encoder: str, input_shape: tuple[int, ...], hidden: int, num_blocks: int
+) -> nn.Module:
+    """One encoder of kind `encoder` (a whole hps encoder, or one MMoE expert)."""
+    if encoder == "cnn":
+        return CNNEncoder(image_shape(input_shape), hidden, num_blocks)
+    return MLPEncoder(math.prod(input_shape), hidden, num_blocks)
+
+
 def build_encoder(
     architecture: str,
     encoder: str,
@@ -168,21 +195,18 @@ def build_encoder(
     num_experts: int,
     seed: int,
 ) -> nn.Module:
-    """The encoder for a run; seeded so the server and a bare loop build identical weights."""
+    """The encoder for a run; seeded so the server and a bare loop build identical weights.
+    `mmoe` builds `num_experts` encoders of kind `encoder` as its experts."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    input_dim = int(torch.tensor(input_shape).prod())
     try:
         if architecture == "mmoe":
-            return MMoEEncoder(input_dim, hidden, num_blocks, num_experts)
-        if encoder == "cnn":
-            if len(input_shape) != 2:
-                raise ValueError(
-                    "run config 'encoder' = 'cnn' needs image inputs (2-D); this dataset's "
-                    f"inputs have shape {input_shape}; valid here: 'mlp'"
-                )
-            return CNNEncoder((input_shape[0], input_shape[1]), hidden, num_blocks)
-        return MLPEncoder(input_dim, hidden, num_blocks)
+            experts = [
+                _single_encoder(encoder, input_shape, hidden, num_blocks)
+                for _ in range(num_experts)
+            ]
+            return MMoEEncoder(math.prod(input_shape), experts)
+        return _single_encoder(encoder, input_shape, hidden, num_blocks)
     finally:
         torch.random.set_rng_state(state)
 

@@ -2,8 +2,11 @@
 
 Every method gets the per-task losses of a batch and the shared (encoder) parameters and sets
 `.grad` on every parameter that takes part: heads always receive their own task's gradient,
-the method decides what the shared parameters receive. `WEIGHTINGS` maps config names to
-classes; it is the only place that does.
+the method decides what the shared parameters receive. `WEIGHTING_CLASSES` maps config names
+to classes; it is the only place that does. What each method is and needs (its run-config keys,
+one backward per task, parameters of its own) is said once, in `common.weighting_table`; a
+method's options default to what a default run config passes (RunConfig is the one place that
+states the defaults).
 """
 
 from __future__ import annotations
@@ -16,20 +19,34 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from common.config import CHOICES, RunConfig
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The options a default run config gives weighting `name` (client 0): its keys from the
+    weighting table at their RunConfig defaults, and `seed`."""
+    return RunConfig(weighting=name).weighting_options(client_id=0)
+
 
 class Weighting:
-    """Base class. Subclasses override `backward` (and `task_weights` for loss weighting).
+    """Base class. Subclasses set `name` (their row in the weighting table) and override
+    `backward` (and `task_weights` for loss weighting).
 
-    `needs_per_task_backward` marks methods that call backward once per task (refused under
-    DP-SGD, whose per-sample hooks and Poisson sampling assume one backward per step).
+    `options` holds the method's options (snake_case run-config keys, plus `seed`); those not
+    given take their RunConfig defaults, and an option the table does not list is refused.
     """
 
     name: ClassVar[str] = ""
-    needs_per_task_backward: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         self.task_names = list(task_names)
-        self.options = dict(options or {})
+        self.options = default_options(self.name)
+        unknown = sorted(set(options or {}) - set(self.options))
+        if unknown:
+            raise ValueError(
+                f"weighting '{self.name}': unknown options {unknown}; valid: {sorted(self.options)}"
+            )
+        self.options.update(options or {})
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Learnable parameters of the method itself (e.g. UW's log-variances)."""
@@ -73,7 +90,7 @@ class StaticWeighting(Weighting):
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        alphas: dict[str, float] = dict(self.options.get("static_weights") or {})
+        alphas: dict[str, float] = dict(self.options["static_weights"] or {})
         missing = [t for t in self.task_names if t not in alphas]
         if missing:
             raise ValueError(f"weighting 'static': no α given for tasks {missing}")
@@ -174,12 +191,12 @@ def pcgrad_project(grads: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 class _SeededSteps(Weighting):
-    """Mixin: one generator per step, seeded from option `seed` (default 0) and the step count,
+    """Mixin: one generator per step, seeded from option `seed` and the step count,
     so the state is just the counter and a resumed run draws what an unbroken one would."""
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.seed = int(self.options.get("seed", 0))
+        self.seed = int(self.options["seed"])
         self.step = 0
 
     def next_generator(self) -> torch.Generator:
@@ -199,8 +216,6 @@ class GradientMethod(Weighting):
     Subclasses implement `combine`; the heads get the plain Σ_i ∇L_i (each head its own task's
     gradient). With fewer than two tasks that require grad this is a plain backward.
     """
-
-    needs_per_task_backward = True
 
     def combine(
         self, grads: torch.Tensor, losses: torch.Tensor
@@ -269,15 +284,15 @@ class DynamicWeightAverage(Weighting):
 
     w_i = T·softmax_i(r_i / temperature), r_i = L̄_i(e−1) / L̄_i(e−2) the ratio of the last two
     epochs' mean losses (given to `end_epoch`); weights sum to T. Equal weights (1) until two
-    epochs are known; a task missing from either epoch gets r_i = 1. Option `dwa_temperature`
-    (2.0). The two epochs are kept in the state, so DWA carries on across rounds.
+    epochs are known; a task missing from either epoch gets r_i = 1. Option `dwa_temperature`.
+    The two epochs are kept in the state, so DWA carries on across rounds.
     """
 
     name = "dwa"
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.temperature = float(self.options.get("dwa_temperature", 2.0))
+        self.temperature = float(self.options["dwa_temperature"])
         self.previous: dict[str, float] = {}
         self.last: dict[str, float] = {}
 
@@ -305,7 +320,7 @@ class RandomLossWeighting(_SeededSteps):
     Learning" (Lin et al., TMLR 2022).
 
     Each step w = softmax(z), z ~ N(0, I): positive weights summing to 1 (as in the paper, so
-    the loss is on the scale of the mean, not of ew's sum). Reproducible from option `seed` (0).
+    the loss is on the scale of the mean, not of ew's sum). Reproducible from option `seed`.
     """
 
     name = "rlw"
@@ -320,21 +335,20 @@ class GradNorm(Weighting):
     Networks" (Chen et al., ICML 2018).
 
     The network gets ∇(Σ w_i L_i) with the current weights. Then the weights take one gradient
-    step of their own (lr `gradnorm_lr`, 0.025) on L_grad = Σ_i |G_i − Ḡ·r_i^α|, where
+    step of their own (lr `gradnorm_lr`) on L_grad = Σ_i |G_i − Ḡ·r_i^α|, where
     G_i = w_i‖∇_W L_i‖, Ḡ = mean_i G_i, r_i = L̃_i / mean_j L̃_j with L̃_i = L_i / L_i(0), the
-    target held constant; α is `gradnorm_alpha` (1.5). The weights are then kept positive and
+    target held constant; α is `gradnorm_alpha`. The weights are then kept positive and
     renormalised to sum to T. W, the "last shared layer", is the last tensor in `shared_params`
     with ≥ 2 dims (the last shared weight matrix or kernel; biases and norm scales are skipped).
     L_i(0) is the first loss seen for task i; it is kept in the state, so across rounds.
     """
 
     name = "gradnorm"
-    needs_per_task_backward = True
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.alpha = float(self.options.get("gradnorm_alpha", 1.5))
-        self.lr = float(self.options.get("gradnorm_lr", 0.025))
+        self.alpha = float(self.options["gradnorm_alpha"])
+        self.lr = float(self.options["gradnorm_lr"])
         self.weights = {t: 1.0 for t in self.task_names}
         self.initial_losses: dict[str, float] = {}
 
@@ -380,7 +394,7 @@ class PCGrad(_SeededSteps, GradientMethod):
     """PCGrad, "Gradient Surgery for Multi-Task Learning" (Yu et al., NeurIPS 2020).
 
     Every task gradient is projected onto the normal plane of each other task gradient it
-    conflicts with, in a random order (generator seeded from option `seed`, 0); the shared
+    conflicts with, in a random order (generator seeded from option `seed`); the shared
     parameters get the sum of the projected gradients. Logged weights are nominal 1s.
     """
 
@@ -399,7 +413,7 @@ class MGDA(GradientMethod):
     The shared parameters get the min-norm point Σ w_i g_i of the convex hull of the task
     gradients (w on the simplex; exact for two tasks, Frank–Wolfe otherwise), computed on the
     full shared gradient rather than the MGDA-UB representation bound. Option `mgda_normalize`:
-    "none" (default), "l2" (g_i/‖g_i‖), "loss" (g_i/L_i) or "loss+" (g_i/(L_i‖g_i‖)); as in the
+    "none", "l2" (g_i/‖g_i‖), "loss" (g_i/L_i) or "loss+" (g_i/(L_i‖g_i‖)); as in the
     paper's code, w is found on the normalised gradients and applied to the raw ones.
     """
 
@@ -407,9 +421,11 @@ class MGDA(GradientMethod):
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.normalize = str(self.options.get("mgda_normalize", "none"))
-        if self.normalize not in ("none", "l2", "loss", "loss+"):
-            raise ValueError(f"mgda_normalize '{self.normalize}' is not none/l2/loss/loss+")
+        self.normalize = str(self.options["mgda_normalize"])
+        if self.normalize not in CHOICES["mgda-normalize"]:
+            raise ValueError(
+                f"mgda_normalize '{self.normalize}' is not one of {list(CHOICES['mgda-normalize'])}"
+            )
 
     def combine(
         self, grads: torch.Tensor, losses: torch.Tensor
@@ -429,7 +445,7 @@ class CAGrad(GradientMethod):
     d = g0 + (c‖g0‖ / ‖g_w‖)·g_w with g0 the mean task gradient and w the solution over the
     simplex of the dual min_w g_w·g0 + c‖g0‖‖g_w‖ (scipy SLSQP, as in the reference code); d
     maximises the worst task's rate min_i g_i·d in the ball ‖d − g0‖ ≤ c‖g0‖, and c = 0 gives g0.
-    Options: `cagrad_c` (0.5); `cagrad_rescale` (1: d/(1+c²) as the reference, 0: d, 2: d/(1+c)).
+    Options: `cagrad_c`; `cagrad_rescale` (1: d/(1+c²) as the reference, 0: d, 2: d/(1+c)).
     The scale is the mean's, as in the paper (ew sums).
     """
 
@@ -437,8 +453,8 @@ class CAGrad(GradientMethod):
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.c = float(self.options.get("cagrad_c", 0.5))
-        rescale = int(self.options.get("cagrad_rescale", 1))
+        self.c = float(self.options["cagrad_c"])
+        rescale = int(self.options["cagrad_rescale"])
         self.divisor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[rescale]
 
     def combine(
@@ -468,7 +484,7 @@ class NashMTL(GradientMethod):
     by its Frobenius norm (as in the reference code). Instead of the reference's sequence of
     cvxpy problems, α minimises the strictly convex ½αᵀGα − Σ log α_i, whose stationarity
     condition is exactly Gα = 1/α (L-BFGS-B; α is boxed to [1e-6, 1e4] because with cancelling
-    gradients no solution exists). Option `nash_max_norm` (1.0 as the reference, 0 disables):
+    gradients no solution exists). Option `nash_max_norm` (the reference uses 1, 0 disables):
     the direction's norm is clipped to it. Unlike the reference, heads are not weighted by α.
     """
 
@@ -476,7 +492,7 @@ class NashMTL(GradientMethod):
 
     def __init__(self, task_names: Sequence[str], options: dict[str, Any] | None = None) -> None:
         super().__init__(task_names, options)
-        self.max_norm = float(self.options.get("nash_max_norm", 1.0))
+        self.max_norm = float(self.options["nash_max_norm"])
 
     def combine(
         self, grads: torch.Tensor, losses: torch.Tensor
@@ -500,7 +516,7 @@ class NashMTL(GradientMethod):
         return direction, res.x.tolist()
 
 
-WEIGHTINGS: dict[str, type[Weighting]] = {
+WEIGHTING_CLASSES: dict[str, type[Weighting]] = {
     cls.name: cls
     for cls in (
         EqualWeighting,
@@ -521,6 +537,6 @@ def make_weighting(
     name: str, task_names: Sequence[str], options: dict[str, Any] | None = None
 ) -> Weighting:
     """Build the weighting method `name` for a client's tasks."""
-    if name not in WEIGHTINGS:
-        raise ValueError(f"weighting '{name}' is unknown; valid: {sorted(WEIGHTINGS)}")
-    return WEIGHTINGS[name](task_names, options)
+    if name not in WEIGHTING_CLASSES:
+        raise ValueError(f"weighting '{name}' is unknown; valid: {sorted(WEIGHTING_CLASSES)}")
+    return WEIGHTING_CLASSES[name](task_names, options)

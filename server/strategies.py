@@ -1,9 +1,9 @@
 """The strategy factory: config names -> Flower strategies applied to the shared arrays.
 
-Each entry passes the strategy's own parameters from run-config keys (defaults as in Flower
-or the papers). Task heads that are federated (`fedavg`, `fedrod`) are not these strategies'
-business: `server.task_heads.TaskAwareHeads` wraps the strategy and averages each head over
-the clients that hold its task.
+Each entry passes the strategy's own parameters from run-config keys: exactly the keys its
+row in `common.strategy_table` lists (a test checks). Task heads that are federated (`fedavg`,
+`fedrod`) are not these strategies' business: `server.task_heads.TaskAwareHeads` wraps the
+strategy and averages each head over the clients that hold its task.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _fedopt(cls: type, *, betas: bool = True) -> Callable[[RunConfig, dict], Str
     return build
 
 
-STRATEGIES: dict[str, Callable[[RunConfig, dict[str, Any]], Strategy]] = {
+STRATEGY_BUILDERS: dict[str, Callable[[RunConfig, dict[str, Any]], Strategy]] = {
     "fedavg": lambda cfg, kw: FedAvg(**kw),
     "fedprox": lambda cfg, kw: FedProx(**kw, proximal_mu=cfg.proximal_mu),
     "fedadam": _fedopt(FedAdam),
@@ -62,8 +62,10 @@ STRATEGIES: dict[str, Callable[[RunConfig, dict[str, Any]], Strategy]] = {
 def build_strategy(cfg: RunConfig) -> Strategy:
     """The Flower strategy for the shared arrays; evaluation metrics go through our per-task
     aggregation because clients hold different tasks."""
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy '{cfg.strategy}' is unknown; valid: {sorted(STRATEGIES)}")
+    if cfg.strategy not in STRATEGY_BUILDERS:
+        raise ConfigError(
+            f"strategy '{cfg.strategy}' is unknown; valid: {sorted(STRATEGY_BUILDERS)}"
+        )
     common = dict(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -72,4 +74,4 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         min_available_nodes=cfg.min_nodes,
         evaluate_metrics_aggr_fn=aggregate_task_metrics,
     )
-    return STRATEGIES[cfg.strategy](cfg, common)
+    return STRATEGY_BUILDERS[cfg.strategy](cfg, common)

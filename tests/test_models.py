@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch import nn
 
 from client.train import build_model
 from common.algorithms import get_algorithm
 from common.config import parse_run_config
 from common.datasets import MULTIDIGITS_TASKS
+from common.models import build_encoder, count_parameters
 from common.records import model_shared_keys
 
 
@@ -41,3 +44,52 @@ def test_outputs_per_task_have_the_task_width() -> None:
         "equal": (4, 1),
     }
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def _encoder(architecture: str, input_shape: tuple[int, ...], num_blocks: int = 2) -> nn.Module:
+    return build_encoder(architecture, "cnn", input_shape, 64, num_blocks, 3, seed=0)
+
+
+def test_cnn_num_blocks_sets_the_depth() -> None:
+    """Each block is one convolution; `shared-layers` counts the same blocks."""
+    counts = []
+    for num_blocks in (1, 2, 3, 4):
+        encoder = _encoder("hps", (8, 16), num_blocks)
+        convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+        assert len(encoder.blocks) == len(convs) == num_blocks
+        assert encoder(torch.zeros(5, 8, 16)).shape == (5, 64)
+        counts.append(count_parameters(encoder))
+    assert len(set(counts)) == 4, counts
+    cfg = parse_run_config({"encoder": "cnn", "num-blocks": 3, "shared-layers": 1})
+    model = build_model(cfg, MULTIDIGITS_TASKS[:2], (8, 16))
+    keys = model_shared_keys(model, get_algorithm("fedper"), cfg.shared_layers)
+    assert keys and all(k.startswith("encoder.blocks.0.") for k in keys)
+
+
+@pytest.mark.parametrize("shape", [(8, 16), (1, 8, 16), (3, 32, 32), (3, 5, 7)])
+def test_cnn_takes_images_of_any_size_with_or_without_channels(shape: tuple[int, ...]) -> None:
+    encoder = _encoder("hps", shape, num_blocks=3)
+    first = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == (shape[0] if len(shape) == 3 else 1)
+    x = torch.randn(4, *shape)
+    assert encoder(x).shape == (4, 64)
+
+
+def test_cnn_refuses_inputs_that_are_not_images() -> None:
+    with pytest.raises(ValueError, match=r"'encoder' = 'cnn' needs image inputs.*\(4,\)"):
+        _encoder("hps", (4,))
+    with pytest.raises(ValueError, match="'cnn' needs image inputs"):
+        _encoder("mmoe", (4,))
+
+
+def test_mmoe_builds_its_experts_from_the_encoder_key() -> None:
+    cfg = parse_run_config({"architecture": "mmoe", "encoder": "cnn", "num-experts": 3})
+    model = build_model(cfg, MULTIDIGITS_TASKS[:2], (8, 16))
+    assert len(model.encoder.experts) == 3
+    for expert in model.encoder.experts:
+        assert sum(isinstance(m, nn.Conv2d) for m in expert.modules()) == cfg.num_blocks
+    out = model(torch.randn(4, 8, 16))
+    sum(o.sum() for o in out.values()).backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    shared = model_shared_keys(model, get_algorithm("fedper"))
+    assert shared and all(k.startswith("encoder.experts.") for k in shared)

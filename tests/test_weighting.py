@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from common.weighting import (
-    WEIGHTINGS,
-    GradientMethod,
+    WEIGHTING_CLASSES,
     Weighting,
     make_weighting,
     min_norm_weights,
     pcgrad_project,
 )
+from common.weighting_table import WEIGHTINGS
 
 TASKS = ["a", "b"]
 STATIC = {"static_weights": {"a": 0.3, "b": 2.0}}
-ALL = sorted(WEIGHTINGS)
+ALL = sorted(WEIGHTING_CLASSES)
 
 
 class TwoHeads(torch.nn.Module):
@@ -69,14 +69,22 @@ def options_for(name: str) -> dict[str, object]:
 
 
 def test_registry_and_unknown_name() -> None:
-    expected = {"ew", "static", "uw", "dwa", "rlw", "gradnorm", "pcgrad", "mgda", "cagrad", "nash"}
-    assert set(ALL) == expected
     for name in ALL:
         method = make_weighting(name, TASKS, options_for(name))
         assert method.name == name
         json.dumps(method.state_dict())
     with pytest.raises(ValueError, match="unknown"):
         make_weighting("nope", TASKS)
+
+
+def test_an_option_the_method_does_not_have_is_refused() -> None:
+    """A misspelt or foreign option is an error naming the valid ones, not silently unused."""
+    with pytest.raises(ValueError, match=r"'dwa': unknown options \['dwa_temprature'\].*"):
+        make_weighting("dwa", TASKS, {"dwa_temprature": 1.0})
+    with pytest.raises(
+        ValueError, match=r"'ew': unknown options \['cagrad_c'\]; valid: \['seed'\]"
+    ):
+        make_weighting("ew", TASKS, {"cagrad_c": 0.5})
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -89,7 +97,7 @@ def test_heads_get_their_own_task_gradient(name: str) -> None:
     for t in TASKS:
         head = model.heads[t].weight
         (alone,) = torch.autograd.grad(model.losses()[t], head)
-        scale = 1.0 if method.needs_per_task_backward else weights[t]
+        scale = 1.0 if WEIGHTINGS[name].per_task_backward else weights[t]
         assert head.grad is not None
         torch.testing.assert_close(head.grad, scale * alone)
     other = model.heads["b"].weight
@@ -103,22 +111,15 @@ def test_single_task_and_no_grad_task_reduce_to_plain_backward(name: str) -> Non
     method = make_weighting(name, TASKS, options_for(name))
     losses = model.losses()
     losses["b"] = losses["b"].detach()  # e.g. a task without labels in this batch
-    method.backward(losses, model.shared())
+    weights = method.backward(losses, model.shared())
     expected = torch.autograd.grad(model.losses()["a"], model.shared())
-    factor = STATIC["static_weights"]["a"] if name == "static" else 1.0
-    if name == "rlw":
-        factor = None  # random scale; check the direction only
     for p, g in zip(model.shared(), expected, strict=True):
         assert p.grad is not None
-        if factor is None:
-            cos = torch.nn.functional.cosine_similarity(p.grad.reshape(-1), g.reshape(-1), dim=0)
-            assert cos > 1 - 1e-5
-        else:
-            torch.testing.assert_close(p.grad, factor * g)
+        torch.testing.assert_close(p.grad, weights["a"] * g)  # the weight it reports for "a"
     assert model.heads["b"].weight.grad is None
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if WEIGHTINGS[n].needs_per_task_backward])
+@pytest.mark.parametrize("name", [n for n in ALL if WEIGHTINGS[n].per_task_backward])
 def test_gradient_methods_accumulate_onto_existing_grads(name: str) -> None:
     model = TwoHeads()
     fresh = make_weighting(name, TASKS)
@@ -370,9 +371,3 @@ def test_state_dict_round_trip(name: str) -> None:
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b)
     assert results[0][2] == results[1][2]
-
-
-def test_gradient_method_subclasses_flag_per_task_backward() -> None:
-    for name, cls in WEIGHTINGS.items():
-        expected = issubclass(cls, GradientMethod) or name == "gradnorm"
-        assert cls.needs_per_task_backward == expected
