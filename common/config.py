@@ -373,10 +373,18 @@ def check_privacy_fits(cfg: RunConfig) -> None:
     if cfg.privacy != "dp-sgd":
         return
     if cfg.weighting not in DP_SGD_WEIGHTINGS:
+        spec = WEIGHTINGS[cfg.weighting]
+        why = (
+            "it needs one backward pass per task"
+            if spec.per_task_backward
+            else "it trains parameters outside the model"
+            if spec.own_parameters
+            else "its task weights are computed from the raw losses"
+        )
         raise ConfigError(
-            f"weighting '{cfg.weighting}' cannot run under privacy 'dp-sgd': it needs one "
-            "backward pass per task or trains parameters outside the model, which Opacus's "
-            f"per-sample gradients do not cover; valid under dp-sgd: {list(DP_SGD_WEIGHTINGS)}"
+            f"weighting '{cfg.weighting}' cannot run under privacy 'dp-sgd': {why}, which "
+            "Opacus's per-sample clipping and noise do not cover; valid under dp-sgd: "
+            f"{list(DP_SGD_WEIGHTINGS)}"
         )
     if cfg.algorithm not in DP_SGD_ALGORITHMS:
         raise ConfigError(

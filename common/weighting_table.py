@@ -21,19 +21,23 @@ class WeightingSpec:
     per_task_backward: it backpropagates once per task (gradient methods, GradNorm).
     own_parameters: it trains parameters outside the model from the data (UW's
       log-variances, GradNorm's loss weights).
+    loss_driven: its task weights are computed from the losses it saw (DWA's ratios of
+      epoch losses): a function of the private data that DP-SGD's noise does not cover.
     """
 
     name: str
     keys: tuple[str, ...] = ()
     per_task_backward: bool = False
     own_parameters: bool = False
+    loss_driven: bool = False
     paper: str = ""
 
     @property
     def runs_under_dp_sgd(self) -> bool:
         """Opacus's per-sample hooks and Poisson sampling assume one backward pass per step,
-        and its clipping and noise cover the model's parameters only."""
-        return not (self.per_task_backward or self.own_parameters)
+        and its clipping and noise cover the model's parameters only: weights computed from
+        the raw losses would carry the data past the noise."""
+        return not (self.per_task_backward or self.own_parameters or self.loss_driven)
 
 
 WEIGHTINGS: dict[str, WeightingSpec] = {
@@ -42,7 +46,9 @@ WEIGHTINGS: dict[str, WeightingSpec] = {
         WeightingSpec("ew", paper="equal weights, L = Σ L_i"),
         WeightingSpec("static", ("static-weights",), paper="L = Σ α_i L_i, α from the config"),
         WeightingSpec("uw", own_parameters=True, paper="Kendall, Gal & Cipolla 2018"),
-        WeightingSpec("dwa", ("dwa-temperature",), paper="Liu, Johns & Davison 2019"),
+        WeightingSpec(
+            "dwa", ("dwa-temperature",), loss_driven=True, paper="Liu, Johns & Davison 2019"
+        ),
         WeightingSpec("rlw", paper="Lin et al. 2022"),
         WeightingSpec(
             "gradnorm",

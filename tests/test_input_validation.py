@@ -86,6 +86,8 @@ def raises_naming(exc: type[Exception], fn: Any, *args: Any, needles: list[str])
         ({"secagg": True, "strategy": "krum"}, ["secagg", "'krum'", "'fedavg'"]),
         ({"secagg": True, "compression": "int8"}, ["secagg", "compression 'int8'"]),
         ({"privacy": "dp-sgd", "weighting": "uw"}, ["'uw'", "dp-sgd", "valid under dp-sgd"]),
+        # DWA's weights are ratios of raw epoch losses: data the DP noise never touched.
+        ({"privacy": "dp-sgd", "weighting": "dwa"}, ["'dwa'", "raw losses", "valid under dp-sgd"]),
         (
             {"privacy": "central-dp", "algorithm": "fedavg"},
             ["'central-dp'", "'fedavg'", "heads"],

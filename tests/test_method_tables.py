@@ -183,6 +183,26 @@ def test_the_table_flags_say_what_the_class_does(name: str) -> None:
     assert (backward_passes(method) > 1) == spec.per_task_backward
     if method.parameters():
         assert spec.own_parameters
+    assert weights_follow_losses(method) == spec.loss_driven
+
+
+def weights_follow_losses(method: Weighting) -> bool:
+    """Whether the weights a method uses depend on the losses it saw in earlier epochs
+    (random weightings draw from a seeded stream: compare two copies fed different losses)."""
+    import copy
+
+    twins = [method, copy.deepcopy(method)]
+    for epoch in range(3):
+        for twin, scale in zip(twins, (1.0, 5.0), strict=True):
+            twin.end_epoch(
+                {
+                    t: scale * (epoch + 1 + i) ** (-1.0 if scale > 1 else 1.0)
+                    for i, t in enumerate(TASKS)
+                }
+            )
+    probe = {t: torch.tensor(1.0) for t in TASKS}
+    weights = [{t: float(w) for t, w in twin.task_weights(probe).items()} for twin in twins]
+    return weights[0] != weights[1]
 
 
 # --- strategies: the builder reads its table keys -------------------------------------------
