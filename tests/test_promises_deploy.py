@@ -1,14 +1,17 @@
 """Transport promises that tests/test_deploy.py does not pin: a local deployment asked for
 neither certificates nor `--insecure` starts its SuperLink with TLS and SuperNode
 authentication (a fresh CA), the Runtime API between a ClientApp and its SuperNode stays on
-loopback, and the simulation SuperLink (insecure) accepts connections from this host only."""
+loopback, the simulation SuperLink (insecure) accepts connections from this host only, and a
+SuperNode that brings no key cannot join a deployment that authenticates nodes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from deploy.certs import generate
 from deploy.local import LocalDeployment
 from deploy.local import main as local_main
 from tests.conftest import engine
@@ -80,3 +83,28 @@ def test_the_simulation_superlink_listens_on_loopback_only() -> None:
     hosts = listening_hosts(port)
     assert hosts, f"nothing listens on port {port}"
     assert hosts <= LOOPBACK, f"the simulation SuperLink listens on {hosts}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_supernode_without_a_registered_key_cannot_join(tmp_path: Path) -> None:
+    """An outsider needs no key at all: a SuperNode started without one registers itself
+    through the Fleet API, which only SuperNode authentication on the SuperLink refuses.
+    (tests/test_deploy.py's stranger presents a key; it is refused either way.)"""
+    certs = generate(tmp_path / "certs", ["localhost", "127.0.0.1"], 1)
+    with LocalDeployment(nodes=1, run_dir=tmp_path / "run", certs=certs, echo=False) as dep:
+        outsider = dep.start_supernode(1, key=None, num_partitions=2)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and outsider.poll() is None:
+            assert dep.online_nodes() == 1, "a SuperNode without a registered key joined"
+            time.sleep(2)
+        assert dep.online_nodes() == 1, "a SuperNode without a registered key joined"
+        log = (dep.logs / "supernode-1.log").read_text()
+        assert outsider.poll() is not None, f"the outsider was not refused:\n{log[-2000:]}"
+        assert outsider.returncode != 0, log[-2000:]
+        refusals = [
+            line
+            for line in (dep.logs / "superlink.log").read_text().splitlines()
+            if "/v1/fleet/register-node" in line and "ApiError" in line
+        ]
+        assert refusals, "the SuperLink logged no refused self-registration"
