@@ -99,7 +99,7 @@ def flower_train_phase(
         failures=len(rejected) + missing,
         train_loss=float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
         extra=extra,
-        trained_clients=[c for m in replies if not m.has_error() and (c := client_of(m)).isdigit()],
+        trained_clients=[c for m in good if (c := client_of(m)).isdigit()],
     )
 
 

@@ -18,7 +18,7 @@ from server.privacy import accountant_of, check_budget, make_accountant, wrap_ce
 from server.secure_aggregation import AccountedClientSideFixedClipping, CountingFedAvg
 from server.strategies import build_strategy
 from tests.clientapp_round import sent_arrays, train_reply
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 SIGMA = 2.0
 CLIENTS = TINY["num-clients"]

@@ -23,7 +23,7 @@ from common.config import parse_run_config
 from server.privacy import wrap_central_dp
 from server.strategies import build_strategy
 from server.validation import ReplyValidator
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 CLIPPINGS = ["fixed-server", "fixed-client", "adaptive-server", "adaptive-client"]
 

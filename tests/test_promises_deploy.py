@@ -14,7 +14,7 @@ import pytest
 from deploy.certs import generate
 from deploy.local import LocalDeployment
 from deploy.local import main as local_main
-from tests.conftest import engine
+from tests.helpers import engine
 
 
 class Spawned(Exception):

@@ -20,7 +20,7 @@ from common.config import parse_run_config
 from common.federation import load_client_data
 from common.records import arrays_from_model, model_shared_keys
 from server.app import initial_model
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 DP_SGD = {"privacy": "dp-sgd", "dp-noise-multiplier": 1.0, "dp-epsilon": 100.0}
 

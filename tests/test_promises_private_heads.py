@@ -17,7 +17,7 @@ from common.config import parse_run_config
 from common.records import arrays_from_model, model_shared_keys
 from server.app import initial_model
 from tests.clientapp_round import train_reply
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 ROUND_1 = {"server-round": 1, "lr": 0.05, "local-epochs": 1}
 PRIVATE_LAYOUTS = {
