@@ -87,9 +87,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, tuple[str, float]]:
     return out
 
 
-def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def run_one(engine: SimulationEngine | None, ov: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The run's summary, and whether it ran now: a completed run with the same config on
-    disk is reused."""
+    disk is reused. Without an engine (--report-only) a missing run is an error."""
     cfg = parse_run_config(ov)
     path = Path(ov["results-dir"]) / cfg.name / "summary.json"
     if path.exists():
@@ -100,6 +100,8 @@ def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> tuple[dict[str, Any
             and summary.get("final_round") == cfg.num_server_rounds
         ):
             return summary, False
+    if engine is None:
+        raise SystemExit(f"--report-only: no finished run {path}; run the study without it")
     outcome = engine.run(ov, echo=False)
     if not outcome.ok or outcome.summary is None:
         err = (outcome.summary or {}).get("error", f"see {outcome.log_path}")
@@ -130,8 +132,11 @@ def relative_delta(method: dict[str, float], ew: dict[str, float], metric: dict[
     return float(np.mean(vals))
 
 
-def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -> dict[str, Any]:
-    """Every (ρ, method, seed) run, then the report; returns the table's numbers."""
+def run_study(
+    settings: StudySettings, engine: SimulationEngine | None = None, *, report_only: bool = False
+) -> dict[str, Any]:
+    """Every (ρ, method, seed) run, then the report; returns the table's numbers. With
+    `report_only` nothing runs: every cell must be finished on disk."""
     t0 = time.perf_counter()
     grid = [
         (r, m, s) for r in settings.correlations for m in settings.methods for s in settings.seeds
@@ -140,7 +145,7 @@ def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -
     run_seconds = 0.0
     startup: list[float] = []  # per run executed now: its wall time outside the ServerApp
     with contextlib.ExitStack() as stack:
-        if engine is None:
+        if engine is None and not report_only:
             engine = stack.enter_context(SimulationEngine())
         for i, (r, m, s) in enumerate(grid, 1):
             tr = time.perf_counter()
@@ -385,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=StudySettings.results_dir)
     parser.add_argument("--out", type=Path, default=StudySettings.out)
     parser.add_argument("--plots", type=Path, default=StudySettings.plots)
+    parser.add_argument("--report-only", action="store_true", help="no runs: report from disk")
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
     if "ew" not in args.methods:
@@ -397,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         out=args.out,
         plots=args.plots,
-        command=" ".join(["python -m experiments.weighting_study", *given]),
+        command=" ".join(
+            ["python -m experiments.weighting_study", *[a for a in given if a != "--report-only"]]
+        ),
     )
-    out = run_study(settings)
+    out = run_study(settings, report_only=args.report_only)
     print(f"wrote {settings.out} ({out['wall_s'] / 60:.1f} min)")
     return 0
 

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/")
     parser.add_argument("--report-only", action="store_true", help="render saved results")
     parser.add_argument("--out-dir", type=Path, default=None, help="default results/bench")
+    parser.add_argument("--doc", type=Path, default=DOC, help="default docs/PERFORMANCE.md")
+    parser.add_argument("--plots-dir", type=Path, default=PLOTS, help="default docs/performance")
     args = parser.parse_args(argv)
 
     ctx = BenchContext(quick=args.quick)
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         machine = json.loads(machine_path.read_text())
     if not args.no_doc and sections:
         text = render(sections, machine, quick=args.quick)
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(text + "\n")
-        plot(sections, PLOTS)
-        ctx.log(f"wrote {DOC}")
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(text + "\n")
+        plot(sections, args.plots_dir)
+        ctx.log(f"wrote {args.doc}")
     ctx.log(f"total {time.perf_counter() - ctx.started:.0f}s; failed sections: {failed or 'none'}")
     return 1 if failed else 0
 

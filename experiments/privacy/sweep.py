@@ -744,8 +744,9 @@ def attack_cell(
     return record
 
 
-def run_cell(engine: SimulationEngine, cell: Cell, settings: Settings) -> dict[str, Any]:
-    """Run (unless a completed run with this config is there) and attack one cell."""
+def run_cell(engine: SimulationEngine | None, cell: Cell, settings: Settings) -> dict[str, Any]:
+    """Run (unless a completed run with this config is there) and attack one cell. Without
+    an engine (--report-only) a cell without a current privacy.json is an error."""
     root = Path(settings.results_dir).resolve()
     overrides = cell.overrides(settings.base, root)
     cfg = parse_run_config(overrides)
@@ -762,6 +763,8 @@ def run_cell(engine: SimulationEngine, cell: Cell, settings: Settings) -> dict[s
         record = json.loads(record_path.read_text())
         if record.get("attack_key") == settings.attack_key():
             return record
+    if engine is None:
+        raise SystemExit(f"--report-only: no current {record_path}; run the sweep without it")
     if not fresh:
         # A stale state dir would hand the new run old heads and a spent DP budget.
         shutil.rmtree(cfg.state_dir, ignore_errors=True)
@@ -779,8 +782,11 @@ def run_cell(engine: SimulationEngine, cell: Cell, settings: Settings) -> dict[s
     return record
 
 
-def run_sweep(settings: Settings, engine: SimulationEngine | None = None) -> dict[str, Any]:
-    """All cells (resuming finished ones), then the report. Returns what the report used."""
+def run_sweep(
+    settings: Settings, engine: SimulationEngine | None = None, *, report_only: bool = False
+) -> dict[str, Any]:
+    """All cells (resuming finished ones), then the report. Returns what the report used.
+    With `report_only` nothing runs: every applicable cell must be on disk."""
     root = Path(settings.results_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # a shared 2-core box: the simulation's actors need the rest
@@ -790,7 +796,7 @@ def run_sweep(settings: Settings, engine: SimulationEngine | None = None) -> dic
     records: dict[Cell, dict[str, Any]] = {}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if engine is None:
+        if engine is None and not report_only:
             engine = stack.enter_context(SimulationEngine())
         for i, cell in enumerate(todo, 1):
             tc = time.perf_counter()
@@ -1382,6 +1388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=Settings.results_dir)
     parser.add_argument("--out", type=Path, default=Settings.out)
     parser.add_argument("--plots", type=Path, default=Settings.plots)
+    parser.add_argument("--report-only", action="store_true", help="no runs: report from disk")
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
     from deploy.runs import parse_overrides
@@ -1397,9 +1404,11 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         out=args.out,
         plots=args.plots,
-        command=" ".join(["python -m experiments.privacy.sweep", *given]),
+        command=" ".join(
+            ["python -m experiments.privacy.sweep", *[a for a in given if a != "--report-only"]]
+        ),
     )
-    out = run_sweep(settings)
+    out = run_sweep(settings, report_only=args.report_only)
     print(f"wrote {settings.out} and plots under {settings.plots} ({out['wall_s'] / 60:.1f} min)")
     return 0
 
