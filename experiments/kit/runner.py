@@ -61,8 +61,10 @@ class GridRun:
     walls: dict[str, float] = field(default_factory=dict)
 
 
-def flower_run(engine: SimulationEngine, overrides: Mapping[str, Any], timeout: float) -> Result:
-    """A `flower` job's work for one plain Flower run of the app."""
+def flower_run(
+    engine: SimulationEngine, overrides: Mapping[str, Any], timeout: float | None = None
+) -> Result:
+    """A `flower` job's work for one plain Flower run of the app (`timeout` in seconds)."""
     outcome = engine.run(dict(overrides), echo=False, timeout=timeout)
     return {
         "status": "completed" if outcome.ok else "failed",
