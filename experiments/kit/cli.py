@@ -18,6 +18,11 @@ def add_study_options(parser: argparse.ArgumentParser, seeds: Sequence[int] | No
     parser.add_argument(
         "-c", "--run-config", action="append", default=[], help="key=value over the base config"
     )
+    add_modes(parser)
+
+
+def add_modes(parser: argparse.ArgumentParser) -> None:
+    """--dry-run and --report-only."""
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what is done")
     parser.add_argument("--report-only", action="store_true", help="no runs: report from disk")
 
