@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
-from common.datasets import dataset_tasks
-from common.federation import client_tasks, split_indices
+from common.federation import split_indices
 from deploy.runs import REPO, parse_overrides
 from deploy.simulation import SimulationEngine
 from experiments.kit import cli, plots
 from experiments.kit.cells import finished, read_record
-from experiments.kit.report import command, write, written_by
+from experiments.kit.report import command, task_counts, training_text, write, written_by
 from experiments.kit.runner import Job, Timings, flower_run, run_jobs
 from experiments.kit.scores import final_metrics, task_delta_m
 from experiments.kit.stats import mean_std, paired, pm
@@ -278,18 +277,9 @@ def write_report(
 def _defaults_text(base: dict[str, Any]) -> str:
     """The defaults the study relies on, read from the resolved run config."""
     cfg = parse_run_config(base)
-    sizes = sorted(
-        {
-            len(client_tasks(cfg, dataset_tasks(cfg), c, cfg.num_clients))
-            for c in range(cfg.num_clients)
-        }
-    )
-    partition = f"{cfg.partitioner}" + (
-        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
-    )
+    sizes = task_counts(cfg)
     return (
-        f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}, "
-        f"the default {cfg.num_clients}-client task plan of "
+        f"{training_text(cfg)}, the default {cfg.num_clients}-client task plan of "
         f"{'–'.join(map(str, (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes))} tasks each; "
         f"`cagrad-c={cfg.cagrad_c:g}`, `mgda-normalize={cfg.mgda_normalize}`"
     )

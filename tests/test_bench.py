@@ -472,7 +472,9 @@ def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_t
             "sum": {"test/mae": {"mean": 1.5}},
         }
     }
-    assert communication.mean_accuracy(summary) == pytest.approx(0.8)
+    from experiments.kit.scores import mean_classification_accuracy
+
+    assert mean_classification_accuracy(summary) == pytest.approx(0.8)
 
 
 def test_bare_profile_times_every_round_of_the_real_loop() -> None:

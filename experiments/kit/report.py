@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.config import RunConfig
 from common.storage import atomic_write_bytes
 
 # Options that change how a command runs, not what it produces.
@@ -43,3 +44,23 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())
     return path
+
+
+def training_text(cfg: RunConfig) -> str:
+    """The defaults a study relies on, as its Setup prose names them (read from the resolved
+    config, never typed): 'partitioner dirichlet α=0.5, batch 32, lr 0.05, hidden 64'."""
+    partition = cfg.partitioner + (
+        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
+    )
+    return f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}"
+
+
+def task_counts(cfg: RunConfig) -> list[int]:
+    """How many tasks the federation's clients hold under its task plan (distinct, sorted)."""
+    from common.datasets import dataset_tasks
+    from common.federation import client_tasks
+
+    tasks = dataset_tasks(cfg)
+    return sorted(
+        {len(client_tasks(cfg, tasks, c, cfg.num_clients)) for c in range(cfg.num_clients)}
+    )

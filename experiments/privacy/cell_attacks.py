@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from common.datasets import dataset_tasks, multidigits
 from common.federation import ClientData, Split
 from common.models import MultiTaskModel
 from common.storage import read_arrays
+from experiments.kit.scores import mean_classification_accuracy
 from experiments.privacy.grid import (
     INVERSION_TASK,
     PSNR_CAP_DB,
@@ -360,10 +362,9 @@ def inversion_attacks(
 
 def utility(summary: dict[str, Any]) -> dict[str, float | None]:
     """Mean over classification tasks of the client-mean final test accuracy; sum's MAE."""
-    per_task = summary["per_task"]
-    accs = [m["test/accuracy"]["mean"] for m in per_task.values() if "test/accuracy" in m]
-    mae = per_task.get("sum", {}).get("test/mae", {}).get("mean")
-    return {"mean_acc": float(np.mean(accs)) if accs else None, "sum_mae": mae}
+    acc = mean_classification_accuracy(summary)
+    mae = summary["per_task"].get("sum", {}).get("test/mae", {}).get("mean")
+    return {"mean_acc": acc if math.isfinite(acc) else None, "sum_mae": mae}
 
 
 def cumulative_epsilons(history: Sequence[Sequence[float]], delta: float) -> list[float]:

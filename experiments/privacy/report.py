@@ -11,8 +11,7 @@ import numpy as np
 from common.algorithms import get_algorithm
 from common.config import RunConfig, parse_run_config
 from common.datasets import dataset_tasks, input_shape
-from common.federation import client_tasks
-from experiments.kit.report import write, written_by
+from experiments.kit.report import task_counts, training_text, write, written_by
 from experiments.kit.runner import Timings
 from experiments.privacy.findings import epsilon_section, findings_section, goal_section
 from experiments.privacy.grid import (
@@ -37,6 +36,7 @@ def write_report(
     cfg = parse_run_config(settings.base)
     members, nonmembers = _split_sizes(records)
     heads = len(dataset_tasks(cfg))
+    plan = " or ".join(map(str, task_counts(cfg)))
     lines = [
         "# Privacy: utility and attacks vs ε, private vs shared heads, secure aggregation",
         "",
@@ -52,7 +52,8 @@ def write_report(
         "",
         "- Run config: "
         + ", ".join(f"`{k}={v}`" for k, v in settings.base.items())
-        + f"; everything else at its default (resolved: {_config_text(cfg)}). Evaluated every "
+        + f"; everything else at its default (resolved: {training_text(cfg)}, weighting "
+        f"{cfg.weighting}). Evaluated every "
         f"{cfg.eval_every} round(s) and in the last; `fraction-evaluate = "
         f"{cfg.fraction_evaluate:g}`.",
         f"- Grid: algorithms {list(settings.algorithms)} × "
@@ -174,7 +175,7 @@ def write_report(
         f"expensive in utility: the noise on a {cfg.batch_size}-example batch dwarfs the "
         "clipped signal at these σ.",
         f"- M2's shadows are trained locally on all {heads} tasks; the targets were trained "
-        f"federated on {_plan_sizes(cfg)}. Shadow pairs never equal a candidate pair, but "
+        f"federated on {plan} tasks. Shadow pairs never equal a candidate pair, but "
         f"MultiDigits pairs reuse sklearn's {_digit_images()} digit images.",
         "- M3 `final` and the per-example gradients at later rounds give the attacker the "
         "client's heads: an upper bound for fedper. Round 1 needs no such assumption.",
@@ -227,27 +228,6 @@ def _split_sizes(records: dict[Cell, dict[str, Any]]) -> tuple[float | None, flo
 
 def _count(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
-
-
-def _config_text(cfg: RunConfig) -> str:
-    partition = cfg.partitioner + (
-        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
-    )
-    return (
-        f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}, "
-        f"weighting {cfg.weighting}"
-    )
-
-
-def _plan_sizes(cfg: RunConfig) -> str:
-    """'2 or 3 tasks': how many tasks the federation's clients hold (the task plan)."""
-    sizes = sorted(
-        {
-            len(client_tasks(cfg, dataset_tasks(cfg), c, cfg.num_clients))
-            for c in range(cfg.num_clients)
-        }
-    )
-    return " or ".join(map(str, sizes)) + " tasks"
 
 
 def _digit_images() -> int:
