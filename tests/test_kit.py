@@ -160,3 +160,86 @@ def test_tables_and_the_reproducing_command() -> None:
         == "python -m experiments.x --seeds 0 -c lr=0.1 --out 'a b.md'"
     )
     assert command("experiments.x", ["--dry-run"]) == "python -m experiments.x"
+
+
+# --- every study resumes and reports by the one rule ---
+
+TINY_RUN = {"num-clients": 4, "num-server-rounds": 2, "samples-per-client": 60, "hidden": 32}
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def _finished_by_study(study: str, tmp_path: Path) -> tuple[Any, dict[str, Any], Path]:
+    """(is the cell finished?, its config, where its summary.json goes) for one cell of
+    each study, on a grid of TINY_RUN."""
+    if study == "compare":
+        from experiments.compare.grid import Grid, dirichlet_setting
+
+        setting = dirichlet_setting("multidigits", 0.5)
+        grid = Grid("t", [setting], ["fedper"], ["ew"], ["fedavg"], [0], dict(TINY_RUN))
+        grid.grid_dir = tmp_path
+        (cell,) = grid.cells()
+        return lambda: grid.finished(cell), grid.overrides(cell), grid.cell_dir(cell)
+    if study == "robustness":
+        from experiments import robustness as rb
+
+        cell = rb.Cell("fedmedian", None, 0)
+        overrides = cell.overrides(TINY_RUN, tmp_path)
+        return lambda: rb.is_done(cell, TINY_RUN, tmp_path), overrides, tmp_path / cell.run_name
+    if study == "weighting":
+        from experiments import weighting_study as ws
+
+        settings = ws.StudySettings(base=dict(TINY_RUN), results_dir=tmp_path)
+        cell = (0.1, "ew", 0)
+        overrides = ws.overrides(settings, *cell)
+        done = lambda: ws.finished_summary(settings, cell) is not None  # noqa: E731
+        return done, overrides, tmp_path / ws.run_name(*cell)
+    from experiments.privacy.grid import Cell, Settings
+    from experiments.privacy.sweep import finished_record
+
+    settings = Settings(base=dict(TINY_RUN), results_dir=tmp_path)
+    cell = Cell("fedper", None, False, 0)
+    _write(tmp_path / cell.name / "privacy.json", {"attack_key": settings.attack_key()})
+    done = lambda: finished_record(cell, settings) is not None  # noqa: E731
+    return done, cell.overrides(settings.base, tmp_path), tmp_path / cell.name
+
+
+@pytest.mark.parametrize("study", ["compare", "robustness", "weighting", "privacy"])
+def test_every_study_finishes_a_cell_by_the_kit_rule(study: str, tmp_path: Path) -> None:
+    """A summary that says completed but comes from another training config, or from a run
+    that stopped before its final round, is not a finished cell in any study."""
+    done, overrides, run_dir = _finished_by_study(study, tmp_path)
+    assert not done()
+    _write(run_dir / "summary.json", summary(overrides))
+    assert done()
+    _write(run_dir / "summary.json", summary(overrides, final_round=1, stopped_early="stop"))
+    assert not done()
+    other = summary({**overrides, "local-epochs": 2})
+    _write(run_dir / "summary.json", other)
+    assert not done()
+
+
+def test_no_study_defines_a_finished_cell_of_its_own() -> None:
+    """Only experiments/kit/cells.py compares a recorded config with the grid's."""
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    users = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "same_training" in p.read_text() and p != root / "kit" / "cells.py"
+    ]
+    assert users == []
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """Product and study modules stay small enough to read in one sitting."""
+    root = Path(__file__).resolve().parents[1]
+    long = {
+        str(p.relative_to(root)): n
+        for room in ("common", "client", "server", "deploy", "experiments")
+        for p in (root / room).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}
