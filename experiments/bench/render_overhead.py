@@ -8,14 +8,7 @@ from typing import Any
 from common.config import parse_run_config
 from experiments.bench.flower import PROBE_PAYLOAD
 from experiments.bench.stats import median
-from experiments.bench.text import (
-    fact,
-    federation_changes,
-    federation_option,
-    fmt,
-    span,
-    table,
-)
+from experiments.bench.text import fact, federation_changes, federation_option, fmt, span, table
 
 
 def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:

@@ -8,12 +8,7 @@ from common.config import parse_run_config
 from experiments.bench.communication import CLASSIFICATION, PARALLEL
 from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S
 from experiments.bench.sampling import MEMORY_INTERVAL_S
-from experiments.bench.text import (
-    fact,
-    fmt,
-    mean,
-    table,
-)
+from experiments.bench.text import fact, fmt, mean, table
 
 
 def render_scale(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:

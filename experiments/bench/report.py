@@ -16,10 +16,7 @@ from experiments.bench.render_sections import (
     render_deployment,
     render_scale,
 )
-from experiments.bench.text import (
-    fmt,
-    table,
-)
+from experiments.bench.text import fmt, table
 from experiments.kit import plots
 from experiments.kit.report import written_by
 

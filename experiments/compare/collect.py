@@ -19,10 +19,7 @@ from common.config import parse_run_config
 from common.datasets import dataset_tasks
 from common.models import count_parameters
 from common.records import model_shared_keys, model_task_keys
-from experiments.compare.grid import (
-    Cell,
-    Grid,
-)
+from experiments.compare.grid import Cell, Grid
 from experiments.compare.references import (
     CENTRALIZED,
     CENTRALIZED_TUNED,
@@ -31,11 +28,7 @@ from experiments.compare.references import (
     federation_clients,
 )
 from experiments.kit.runner import Timings
-from experiments.kit.scores import (
-    delta_m,
-    mean_classification_accuracy,
-    task_headlines,
-)
+from experiments.kit.scores import delta_m, mean_classification_accuracy, task_headlines
 from experiments.kit.stats import mean_std
 from server.results import LAST_K
 

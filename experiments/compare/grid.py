@@ -9,13 +9,9 @@ from typing import Any
 
 from common.config import CHOICES, parse_run_config
 from deploy.runs import REPO
-from experiments.compare.references import (
-    CENTRALIZED,
-    CENTRALIZED_TUNED,
-    SINGLE_TASK,
-)
+from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED, SINGLE_TASK
 from experiments.compare.transfer import FRACTIONS, federation_overrides
-from experiments.kit.cells import finished, read_record
+from experiments.kit import cells as kit_cells
 
 FEDERATED = CHOICES["algorithm"]
 # Row order of every table: baselines, federated MTL algorithms, the pooled reference.
@@ -196,12 +192,14 @@ class Grid:
         budget in one piece) also for the grid's holdout and data fractions."""
         cfg = parse_run_config(self.overrides(cell))
         if cell.kind != "transfer":
-            return finished(read_record(self.cell_dir(cell) / "summary.json"), cfg)
-        record = read_record(self.cell_dir(cell) / "transfer.json")
+            return kit_cells.finished(
+                kit_cells.read_record(self.cell_dir(cell) / "summary.json"), cfg
+            )
+        record = kit_cells.read_record(self.cell_dir(cell) / "transfer.json")
         t = self.transfer
         return (
             t is not None
-            and finished(record, cfg, reached=cfg.num_server_rounds)
+            and kit_cells.finished(record, cfg, reached=cfg.num_server_rounds)
             and record is not None
             and record.get("holdout") == t.holdout
             and record.get("fractions") == list(t.fractions)

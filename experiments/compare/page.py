@@ -9,18 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig, parse_run_config
-from experiments.compare.collect import (
-    Aggregate,
-    Collected,
-    RowKey,
-    aggregate,
-    collect,
-    write_csv,
-)
-from experiments.compare.grid import (
-    LABELS,
-    Grid,
-)
+from experiments.compare.collect import Aggregate, Collected, RowKey, aggregate, collect, write_csv
+from experiments.compare.grid import LABELS, Grid
 from experiments.compare.plots import write_plots
 from experiments.compare.tables import (
     efficiency_table,

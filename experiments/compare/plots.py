@@ -10,19 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.compare.collect import (
-    Aggregate,
-    Collected,
-    RowKey,
-    row_key,
-)
-from experiments.compare.grid import (
-    LABELS,
-    METHODS,
-)
-from experiments.compare.references import (
-    SINGLE_TASK,
-)
+from experiments.compare.collect import Aggregate, Collected, RowKey, row_key
+from experiments.compare.grid import LABELS, METHODS
+from experiments.compare.references import SINGLE_TASK
 from experiments.compare.tables import (
     ordered_keys,
     row_label,
@@ -31,9 +21,7 @@ from experiments.compare.tables import (
     transfer_summary,
 )
 from experiments.kit import plots
-from experiments.kit.scores import (
-    task_headlines,
-)
+from experiments.kit.scores import task_headlines
 from server.results import read_metrics
 
 # {row label: {task: (rounds, mean over seeds of the client-mean test metric)}}
@@ -167,7 +155,7 @@ def plot_transfer(
     return plots.save(fig, path, dpi=90, tight=False, bbox=True)
 
 
-# ---------------------------------------------------------------- plots
+# ---------------------------------------------------------------- the grid's figures
 
 
 def round_curves(

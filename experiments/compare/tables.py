@@ -11,29 +11,13 @@ from typing import Any
 
 from common.config import parse_run_config
 from common.datasets import dataset_tasks
-from experiments.compare.collect import (
-    Aggregate,
-    Collected,
-    RowKey,
-)
-from experiments.compare.grid import (
-    LABELS,
-    METHODS,
-    Grid,
-)
-from experiments.compare.references import (
-    CENTRALIZED,
-    CENTRALIZED_TUNED,
-    SINGLE_TASK,
-)
-from experiments.kit.scores import (
-    higher_is_better,
-)
+from experiments.compare.collect import Aggregate, Collected, RowKey
+from experiments.compare.grid import LABELS, METHODS, Grid
+from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED, SINGLE_TASK
+from experiments.kit.scores import higher_is_better
 from experiments.kit.stats import mean_std, pm
 from experiments.kit.tables import md_header, md_row
 from server.results import LAST_K
-
-# ---------------------------------------------------------------- formatting
 
 
 def fmt(ms: tuple[float, float, int] | None, metric: str = "", scale: float = 1.0) -> str:

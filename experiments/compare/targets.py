@@ -13,31 +13,12 @@ from typing import Any
 
 from common.config import RunConfig
 from common.datasets import PENGUIN_ISLANDS
-from experiments.compare.collect import (
-    Aggregate,
-    Collected,
-    RowKey,
-    default_key,
-    row_key,
-)
-from experiments.compare.grid import (
-    LABELS,
-    Grid,
-)
-from experiments.compare.references import (
-    CENTRALIZED,
-    CENTRALIZED_TUNED,
-)
-from experiments.compare.tables import (
-    fmt,
-    pts,
-)
+from experiments.compare.collect import Aggregate, Collected, RowKey, default_key, row_key
+from experiments.compare.grid import LABELS, Grid
+from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED
+from experiments.compare.tables import fmt, pts
 from experiments.kit.runner import Timings, hms
-from experiments.kit.scores import (
-    higher_is_better,
-    mean_classification_accuracy,
-    task_headlines,
-)
+from experiments.kit.scores import higher_is_better, mean_classification_accuracy, task_headlines
 from experiments.kit.stats import mean_std
 from server.results import read_metrics
 
@@ -53,7 +34,6 @@ LOCAL_MARGIN = 3.0  # points: best federated MTL ≥ Local + this
 CENTRALIZED_MARGIN = 2.0  # points: best federated MTL ≥ tuned Centralized − this
 FEDAVG_SLACK = 0.5  # points: at α=5 the default ≥ FedAvg − this
 SUITE_MINUTES = 60.0  # the whole default suite's wall time
-# ---------------------------------------------------------------- targets
 
 
 @dataclass

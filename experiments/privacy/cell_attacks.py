@@ -28,12 +28,7 @@ from common.federation import ClientData, Split
 from common.models import MultiTaskModel
 from common.storage import read_arrays
 from experiments.kit.scores import mean_classification_accuracy
-from experiments.privacy.grid import (
-    INVERSION_TASK,
-    PSNR_CAP_DB,
-    Cell,
-    Settings,
-)
+from experiments.privacy.grid import INVERSION_TASK, PSNR_CAP_DB, Cell, Settings
 from experiments.privacy.membership import (
     flat_update,
     lira_offline_mia,

@@ -8,11 +8,7 @@ from typing import Any
 import numpy as np
 
 from common.datasets import MULTIDIGITS_TASKS
-from experiments.privacy.grid import (
-    INVERSION_TASK,
-    Cell,
-    Settings,
-)
+from experiments.privacy.grid import INVERSION_TASK, Cell, Settings
 from experiments.privacy.records import accuracy_drops, group_values, ms
 
 GOAL_EPSILON, GOAL_AUC, GOAL_DROP = 3.0, 0.55, 8.0  # the privacy goal the report checks

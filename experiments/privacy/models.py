@@ -22,11 +22,7 @@ from common.federation import ClientData, Split, load_client_data
 from common.models import MultiTaskModel
 from common.storage import read_arrays
 from common.tasks import TaskSpec
-from experiments.privacy.membership import (
-    logit_confidence,
-)
-
-# ---------------------------------------------------------------- rebuilding client models
+from experiments.privacy.membership import logit_confidence
 
 
 @contextlib.contextmanager

@@ -14,12 +14,7 @@ from common.datasets import dataset_tasks, input_shape
 from experiments.kit.report import task_counts, training_text, write, written_by
 from experiments.kit.runner import Timings
 from experiments.privacy.findings import epsilon_section, findings_section, goal_section
-from experiments.privacy.grid import (
-    PSNR_CAP_DB,
-    REPORTED_FPR,
-    Cell,
-    Settings,
-)
+from experiments.privacy.grid import PSNR_CAP_DB, REPORTED_FPR, Cell, Settings
 from experiments.privacy.plots import write_plots
 from experiments.privacy.records import accuracy_drops, group_values, ms
 

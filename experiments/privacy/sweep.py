@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path, default=Settings.plots)
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
+    if args.shadows < 2:
+        parser.error(f"--shadows {args.shadows}: LiRA's per-example variance needs at least 2")
     settings = Settings(
         algorithms=tuple(args.algorithms),
         epsilons=tuple(args.epsilons),
