@@ -27,10 +27,14 @@ def add_modes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="no runs: report from disk")
 
 
-def dry_run(cells: Iterable[tuple[str, str, bool]], out: Callable[[str], None] = print) -> int:
-    """One line per cell: done/todo, its kind, its name; (kind, name, finished) each."""
-    for kind, name, done in cells:
-        out(f"{'done' if done else 'todo'}  {kind:<12} {name}")
+def dry_run(
+    cells: Iterable[tuple[str, str, bool | str]], out: Callable[[str], None] = print
+) -> int:
+    """One line per cell: done/todo (or a state of the study's own, e.g. 'n/a'), its kind,
+    its name; (kind, name, finished or state) each."""
+    for kind, name, state in cells:
+        label = state if isinstance(state, str) else ("done" if state else "todo")
+        out(f"{label:<4}  {kind:<12} {name}")
     return 0
 
 

@@ -180,12 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.dry_run:
         root = Path(settings.results_dir).resolve()
+        na = {c for c in settings.cells() if not_applicable(c, settings.base, root)}
         return cli.dry_run(
-            (
-                "n/a" if not_applicable(c, settings.base, root) else "flower",
-                c.name,
-                finished_record(c, settings) is not None,
-            )
+            ("refused", c.name, "n/a")
+            if c in na
+            else ("flower", c.name, finished_record(c, settings) is not None)
             for c in settings.cells()
         )
     try:
