@@ -243,3 +243,51 @@ def test_no_module_is_over_600_lines() -> None:
         if (n := len(p.read_text().splitlines())) > 600
     }
     assert long == {}
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "cells"),
+    [
+        (
+            "experiments.compare",
+            [
+                "--datasets",
+                "multidigits",
+                "--alphas",
+                "0.5",
+                "--algorithms",
+                "local",
+                "--seeds",
+                "0",
+                "1",
+                "--no-transfer",
+                "--grid-dir",
+            ],
+            2,
+        ),
+        (
+            "experiments.robustness",
+            ["--seeds", "0", "--defences", "fedavg", "--attacks", "sign-flip:10", "--results-dir"],
+            2,
+        ),
+        ("experiments.weighting_study", ["--methods", "ew", "--seeds", "0", "--results-dir"], 1),
+        (
+            "experiments.privacy.sweep",
+            ["--algorithms", "fedavg", "--epsilons", "none", "--seeds", "0", "--results-dir"],
+            2,
+        ),
+        ("experiments.bench.__main__", ["--out-dir"], 5),
+    ],
+)
+def test_every_study_lists_its_cells_with_dry_run(
+    module: str, argv: list[str], cells: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run lists every cell (nothing is run, nothing is written)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main([*argv, str(tmp_path / "results"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == cells
+    assert all(line.startswith(("todo ", "n/a ")) for line in lines), lines
+    assert not (tmp_path / "results").exists()
