@@ -15,6 +15,7 @@ from flwr.app import Array
 
 from deploy.simulation import federation_config
 from experiments.bench import aggregation, communication, overhead, report
+from experiments.bench import text as bench_text
 from experiments.bench.flower import (
     AppRun,
     Submission,
@@ -301,7 +302,7 @@ def test_report_prose_follows_the_measurements_and_the_config() -> None:
     )
     assert "All 4 nodes start their processes at once on 16 cores" in text
     assert "(flwr 9.9 source)" in text
-    facts = report.flower_facts()
+    facts = bench_text.flower_facts()
     assert f"wakes every {facts['vce_tick_s']:g} s" in text
     assert f"an idle SuperNode polls every {facts['supernode_idle_poll_s']:g} s" in text
     assert f"sleeps {facts['http_grid_pull_s']:g} s between pulls" in text
@@ -312,18 +313,18 @@ def test_report_prose_follows_the_measurements_and_the_config() -> None:
 def test_flowers_intervals_are_found_in_the_installed_flower() -> None:
     """The report explains timings with intervals read from Flower's source; if an upgrade
     moves one, this fails instead of the report printing '?' or a stale number."""
-    facts = report.flower_facts()
-    assert set(facts) == set(report.FLOWER_FACTS)
+    facts = bench_text.flower_facts()
+    assert set(facts) == set(bench_text.FLOWER_FACTS)
     missing = [name for name, value in facts.items() if value is None or value <= 0]
     assert not missing, f"not found in the installed flwr: {missing} (update FLOWER_FACTS)"
 
 
 def test_report_formats_missing_numbers_as_a_dash() -> None:
-    assert report.fmt(float("nan")) == "–"
-    assert report.fmt(None) == "–"
-    assert report.fmt(1234567) == "1,234,567"
-    assert report.fmt(0.12345, 3, "×") == "0.123×"
-    assert report.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |", ""]
+    assert bench_text.fmt(float("nan")) == "–"
+    assert bench_text.fmt(None) == "–"
+    assert bench_text.fmt(1234567) == "1,234,567"
+    assert bench_text.fmt(0.12345, 3, "×") == "0.123×"
+    assert bench_text.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |", ""]
 
 
 def test_plots_are_written_from_measurements(tmp_path: Path) -> None:
@@ -471,7 +472,9 @@ def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_t
             "sum": {"test/mae": {"mean": 1.5}},
         }
     }
-    assert communication.mean_accuracy(summary) == pytest.approx(0.8)
+    from experiments.kit.scores import mean_classification_accuracy
+
+    assert mean_classification_accuracy(summary) == pytest.approx(0.8)
 
 
 def test_bare_profile_times_every_round_of_the_real_loop() -> None:
