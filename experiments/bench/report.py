@@ -15,6 +15,7 @@ from typing import Any
 
 from common.config import parse_run_config
 from deploy.runs import REPO
+from experiments.bench import gpu
 from experiments.bench.communication import CLASSIFICATION, PARALLEL
 from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S
 from experiments.bench.flower import PROBE_PAYLOAD
@@ -22,7 +23,7 @@ from experiments.bench.sampling import MEMORY_INTERVAL_S
 
 DOC = REPO / "docs" / "PERFORMANCE.md"
 PLOTS = REPO / "docs" / "performance"
-ORDER = ("overhead", "scale", "aggregation", "communication", "deployment")
+ORDER = ("overhead", "scale", "aggregation", "communication", "deployment", "gpu")
 COMMANDS = {
     "all": "python -m experiments.bench            # every section, rewrites docs/PERFORMANCE.md",
     "some": "python -m experiments.bench --only scale aggregation   # re-run some, keep the rest",
@@ -771,6 +772,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "aggregation": render_aggregation,
     "communication": render_communication,
     "deployment": render_deployment,
+    "gpu": gpu.render,
 }
 
 
