@@ -303,3 +303,33 @@ if __name__ == "__main__":
     golden["torch"] = torch.__version__
     GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     sys.exit(0)
+
+
+# --- the launcher ---
+
+
+def test_the_launcher_refuses_a_device_this_machine_lacks_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from deploy import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "run_simulation", lambda *a, **k: pytest.fail("a run started"))
+    assert cli.main(["-c", "device=cuda", "--quiet"]) == 2
+    assert "'device' = 'cuda' but CUDA is not available" in capsys.readouterr().err
+
+
+def test_the_launcher_gives_each_client_a_gpu_share_in_the_federation_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deploy.simulation import federation_config, gpus_for
+
+    cfg = parse_run_config({"num-clients": 4})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpus_for(cfg, 1, None) == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert gpus_for(cfg, 1, None) == 0.25
+    assert gpus_for(cfg, 1, 0.5) == 0.5
+    assert "client-resources-num-gpus=0.25" in federation_config(4, 1, gpus_for(cfg, 1, None))
