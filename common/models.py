@@ -105,6 +105,14 @@ class BasicBlock(nn.Module):
         return torch.relu(self.norm2(self.conv2(h)) + self.shortcut(x))
 
 
+class GlobalAveragePool(nn.Module):
+    """(N, C, H, W) -> (N, C). A mean, not `AdaptiveAvgPool2d`, whose CUDA backward adds with
+    atomics and so refuses to run under `torch.use_deterministic_algorithms(True)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
 class ResNetStage(nn.Module):
     """One stage of the ResNet, the unit partial sharing counts (`encoder.blocks.<k>`): the
     first stage starts with the stem (3×3 convolution, norm, ReLU), the last ends with global
@@ -137,8 +145,7 @@ class ResNetStage(nn.Module):
         )
         self.head = (
             nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(),
+                GlobalAveragePool(),
                 nn.Linear(channels_out, hidden),
                 nn.ReLU(),
             )
