@@ -161,30 +161,37 @@ def test_bf16_runs_the_training_forward_in_bf16_and_keeps_weights_in_fp32() -> N
     assert seen[-1] == torch.float32
 
 
-def test_fp16_loss_scaling_is_undone_before_the_step() -> None:
-    """The scaled step (fp16's, run here in fp32 on the CPU) moves the weights as an unscaled
-    step does, and the weighting sees the true loss values."""
+def test_fp16_loss_scaling_is_undone_before_the_hook_and_the_step() -> None:
+    """The scaled step (fp16's, run here in fp32 on the CPU): backward sees the loss scaled,
+    the weighting sees the true loss values, the gradient hook (proximal terms, clipping) and
+    the step see the unscaled gradients, and the weights move as an unscaled step moves them."""
     cfg, data, model = _tiny_client()
     twin = build_model(cfg, data.tasks, data.input_shape)
     x = torch.from_numpy(data.train.x[:16])
     y = {t: torch.from_numpy(v[:16]) for t, v in data.train.y.items()}
     seen: list[float] = []
+    after_backward: list[torch.Tensor] = []
 
     class Recording(EqualWeighting):
         def backward(self, losses, shared_params):
             seen.extend(float(v) for v in losses.values())
-            return super().backward(losses, shared_params)
+            used = super().backward(losses, shared_params)
+            after_backward.append(shared_params[0].grad.clone())
+            return used
 
     def losses_of(m):
         out = m(x)
         return {t: m.tasks[t].loss(out[t], y[t]) for t in m.tasks}
 
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scale = 2.0**12
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
     plain_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
     scaled_opt = torch.optim.SGD(model.parameters(), lr=0.1)
     expected = losses_of(twin)
     EqualWeighting(data.task_names).backward(expected, list(twin.encoder.parameters()))
+    twin_grad = next(twin.encoder.parameters()).grad.clone()
     plain_opt.step()
+    in_hook: list[torch.Tensor] = []
     scaled_step(
         scaler,
         scaled_opt,
@@ -192,10 +199,12 @@ def test_fp16_loss_scaling_is_undone_before_the_step() -> None:
         losses_of(model),
         None,
         list(model.encoder.parameters()),
-        None,
+        lambda: in_hook.append(next(model.encoder.parameters()).grad.clone()),
         torch.device("cpu"),
     )
     assert seen == [float(v) for v in expected.values()]
+    torch.testing.assert_close(after_backward[0], twin_grad * scale, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(in_hook[0], twin_grad, rtol=1e-5, atol=1e-9)
     for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
 
