@@ -84,6 +84,14 @@ def test_device_and_amp_settings_that_cannot_run_are_refused(overrides: dict, me
         parse_run_config(overrides)
 
 
+def test_a_checkpoint_resumes_on_another_device_but_not_in_another_precision() -> None:
+    """The digest that a resume must match: state is device-independent, precision is not."""
+    base = parse_run_config({}).digest()
+    assert parse_run_config({"device": "cpu"}).digest() == base
+    assert parse_run_config({"tracking": "tensorboard"}).digest() == base
+    assert parse_run_config({"amp": "bf16"}).digest() != base
+
+
 def test_fp16_is_refused_where_auto_resolves_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = parse_run_config({"amp": "fp16"})  # device 'auto': only the node knows
