@@ -51,6 +51,7 @@ from common.compression import RECORD as COMPRESSION
 from common.compression import compress
 from common.config import ConfigError, RunConfig, parse_run_config
 from common.datasets import dataset_tasks
+from common.device import check_amp, resolve_device
 from common.federation import ClientData, load_client_data
 from common.models import MultiTaskModel
 from common.randomness import dp_noise_seed, noise_numpy, warn_seeded_noise
@@ -216,7 +217,11 @@ def open_session(
     if cfg.attack == "label-flip" and is_attacker(client_id, cfg.attack, cfg.attackers):
         data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)
-    model = build_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
+    device = resolve_device(cfg.device)  # this node's device; state loads onto it below
+    check_amp(cfg.amp, device)
+    model = build_model(
+        cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads, device=device
+    )
     personal = copy.deepcopy(model) if algorithm.personal_model else None
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
     state_dir = str(context.node_config.get("state-dir", cfg.state_dir))

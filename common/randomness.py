@@ -75,9 +75,12 @@ def dp_noise_seed(cfg: RunConfig, client_id: int, server_round: int) -> int | No
     return cfg.seed * 7919 + client_id * 31 + server_round
 
 
-def noise_generator(seed: int | None) -> torch.Generator:
-    """The generator DP noise is drawn from: fresh OS entropy, or `seed` (see `dp_noise_seed`)."""
-    return fresh_generator() if seed is None else torch.Generator().manual_seed(seed)
+def noise_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator DP noise is drawn from, on the device the noise is added on (Opacus
+    draws with it there): fresh OS entropy, or `seed` (see `dp_noise_seed`)."""
+    if seed is None:
+        return fresh_generator(device)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 @contextmanager

@@ -11,7 +11,9 @@ states the defaults).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -63,7 +65,13 @@ class Weighting:
         weights = self.task_weights(losses)
         active = _active(losses)
         if active:
-            sum(weights[t] * loss for t, loss in active.items()).backward()
+            # Unit weights are skipped, not multiplied, and the sum starts at the first term:
+            # the same values, two kernels fewer per task (on a GPU, launches add up).
+            terms = [
+                loss if isinstance(weights[t], float) and weights[t] == 1.0 else weights[t] * loss
+                for t, loss in active.items()
+            ]
+            functools.reduce(operator.add, terms).backward()
         return {t: float(w) for t, w in weights.items()}
 
     def end_epoch(self, epoch_losses: dict[str, float]) -> None:

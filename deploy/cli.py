@@ -14,7 +14,7 @@ import sys
 
 from common.config import RunConfig, parse_run_config
 from deploy.runs import parse_overrides, report_outcome
-from deploy.simulation import run_simulation
+from deploy.simulation import gpus_for, run_simulation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         help="override a run-config key: -c key=value (repeatable)",
     )
     parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=None,
+        help="fraction of a GPU per virtual client (Ray's client-resources-num-gpus); "
+        "default: this machine's GPUs shared by the clients that run at once when the run's "
+        "device is CUDA, else 0",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -39,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         f"fedmtl: {cfg.name}: {cfg.dataset}, {cfg.num_clients} clients, "
         f"{cfg.num_server_rounds} rounds, algorithm {cfg.algorithm}, weighting {cfg.weighting}"
     )
-    outcome = run_simulation(overrides, cpus_per_client=args.cpus_per_client, echo=not args.quiet)
+    try:
+        gpus_for(cfg, args.cpus_per_client, args.gpus_per_client)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    outcome = run_simulation(
+        overrides,
+        cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
+        echo=not args.quiet,
+    )
     return report_outcome(outcome)
 
 

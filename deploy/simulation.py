@@ -39,13 +39,15 @@ from deploy.runs import (
 CONNECTION = "fedmtl-sim"  # the connection name in the engine's FLWR_HOME
 
 
-def federation_config(num_supernodes: int, cpus_per_client: float, **extra: Any) -> str:
+def federation_config(
+    num_supernodes: int, cpus_per_client: float, gpus_per_client: float = 0.0, **extra: Any
+) -> str:
     """The `--federation-config` string; `extra` keys use Flower's names with '_' or '-'
     (e.g. `init_args_num_cpus=4`)."""
     items = {
         "num-supernodes": num_supernodes,
         "client-resources-num-cpus": cpus_per_client,
-        "client-resources-num-gpus": 0.0,
+        "client-resources-num-gpus": gpus_per_client,
         **{k.replace("_", "-"): v for k, v in extra.items()},
     }
     return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
@@ -60,10 +62,16 @@ class SimulationEngine:
                 outcome = engine.run(overrides)
     """
 
-    def __init__(self, app_dir: Path | None = None, cpus_per_client: int | float = 1) -> None:
+    def __init__(
+        self,
+        app_dir: Path | None = None,
+        cpus_per_client: int | float = 1,
+        gpus_per_client: float | None = None,
+    ) -> None:
         # None: submit a fresh slim copy of this repository's app for every run (`stage_app`).
         self.app_dir = app_dir
         self.cpus_per_client = cpus_per_client
+        self.gpus_per_client = gpus_per_client  # None: `gpus_for` decides per run
         self.superlink: subprocess.Popen | None = None
 
     def __enter__(self) -> SimulationEngine:
@@ -153,13 +161,26 @@ class SimulationEngine:
         overrides, cfg, results_dir = prepare_results(dict(overrides or {}))
         overrides["state-dir"] = str(client_state_dir(cfg, results_dir))
         log_path = results_dir / "flower.log"
-        fed = federation_config(cfg.num_clients, self.cpus_per_client)
+        gpus = gpus_for(cfg, self.cpus_per_client, self.gpus_per_client)
+        fed = federation_config(cfg.num_clients, self.cpus_per_client, gpus)
         streamed = self.submit(
             self.app_path(), overrides, fed, log_path, timeout=timeout, echo=echo
         )
         if streamed.expired:
             raise TimeoutError(f"simulation did not finish within {timeout:.0f}s; see {log_path}")
         return read_outcome(results_dir, log_path, streamed.wall_s, self.status(streamed.run_id))
+
+
+def gpus_for(cfg: RunConfig, cpus_per_client: float, gpus_per_client: float | None) -> float:
+    """The GPU fraction each virtual client asks Ray for: the given one, else a share of this
+    machine's GPUs when the run's `device` resolves to CUDA here (0 otherwise). The clients
+    train on this machine, so a `device` it lacks fails here, before anything starts."""
+    from common.device import check_amp, default_gpus_per_client, resolve_device
+
+    check_amp(cfg.amp, resolve_device(cfg.device))
+    if gpus_per_client is not None:
+        return gpus_per_client
+    return default_gpus_per_client(cfg.device, cfg.num_clients, cpus_per_client)
 
 
 def client_state_dir(cfg: RunConfig, results_dir: Path) -> Path:
@@ -179,13 +200,15 @@ def run_simulation(
     *,
     app_dir: Path | None = None,
     cpus_per_client: int | float = 1,
+    gpus_per_client: float | None = None,
     echo: bool = True,
     timeout: float | None = None,
 ) -> Outcome:
     """Run the app once in the Simulation Engine with `overrides` of the run config."""
-    parse_run_config(dict(overrides or {}))  # fail fast, before any process starts
+    cfg = parse_run_config(dict(overrides or {}))  # fail fast, before any process starts
+    gpus_for(cfg, cpus_per_client, gpus_per_client)
     t0 = time.perf_counter()
-    with SimulationEngine(app_dir, cpus_per_client) as engine:
+    with SimulationEngine(app_dir, cpus_per_client, gpus_per_client) as engine:
         outcome = engine.run(overrides, echo=echo, timeout=timeout)
     outcome.wall_time_s = time.perf_counter() - t0  # includes the SuperLink's start and stop
     return outcome

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.algorithms import get_algorithm
 from common.config import RunConfig, parse_run_config
 from common.datasets import input_shape
-from common.models import MultiTaskModel, build_encoder, count_parameters
+from common.models import MultiTaskModel, count_parameters, encoder_for
 from common.records import arrays_from_model, model_shared_keys
 from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
 from server.metered_grid import MeteredGrid
@@ -32,11 +32,7 @@ app = ServerApp()
 
 def initial_model(cfg: RunConfig) -> MultiTaskModel:
     """The encoder as the server knows it (no heads: the server never sees any)."""
-    shape = input_shape(cfg)
-    encoder = build_encoder(
-        cfg.architecture, cfg.encoder, shape, cfg.hidden, cfg.num_blocks, cfg.num_experts, cfg.seed
-    )
-    return MultiTaskModel(encoder, [], seed=cfg.seed)
+    return MultiTaskModel(encoder_for(cfg, input_shape(cfg)), [], seed=cfg.seed)
 
 
 @app.main()

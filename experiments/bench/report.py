@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.runs import REPO
+from experiments.bench import gpu
 from experiments.bench.render_overhead import render_overhead
 from experiments.bench.render_sections import (
     render_aggregation,
@@ -22,7 +23,7 @@ from experiments.kit.report import written_by
 
 DOC = REPO / "docs" / "PERFORMANCE.md"
 PLOTS = REPO / "docs" / "performance"
-ORDER = ("overhead", "scale", "aggregation", "communication", "deployment")
+ORDER = ("overhead", "scale", "aggregation", "communication", "deployment", "gpu")
 COMMANDS = {
     "all": "python -m experiments.bench            # every section, rewrites docs/PERFORMANCE.md",
     "some": "python -m experiments.bench --only scale aggregation   # re-run some, keep the rest",
@@ -73,6 +74,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "aggregation": render_aggregation,
     "communication": render_communication,
     "deployment": render_deployment,
+    "gpu": gpu.render,
 }
 
 
