@@ -49,7 +49,7 @@ from server.metered_grid import MeteredGrid
 from server.metrics import TASK_RECORD, per_client, per_task
 from server.privacy import accountant_of, check_budget, privacy_after_round, release, unreleasable
 from server.results import RunResults, headline
-from server.validation import EVAL_METRICS, Rejection, ReplyValidator, client_of
+from server.validation import Rejection, ReplyValidator, client_of
 
 # A row of metrics.jsonl whose evaluation is still to come (round r's, evaluated by the
 # clients in round r+1's training wave): written as soon as it arrives.
@@ -195,9 +195,9 @@ def evaluation_reply(train_reply: Message) -> Message | None:
     records = train_reply.content.config_records
     if EVALUATION_METRICS not in records or EVALUATION_TASKS not in records:
         return None
-    try:
-        metrics = MetricRecord({k: records[EVALUATION_METRICS][k] for k in EVAL_METRICS})
-    except (KeyError, TypeError, ValueError):
+    try:  # its keys are checked with the evaluation reply's (`metrics_problem`)
+        metrics = MetricRecord(dict(records[EVALUATION_METRICS]))
+    except (TypeError, ValueError):
         return None
     metadata = copy.copy(train_reply.metadata)
     metadata.message_type = MessageType.EVALUATE
