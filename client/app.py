@@ -8,9 +8,9 @@ on validation and test. A training message that names an `evaluate-round` gets b
 client first evaluates what it received (the previous round's model, exactly what that
 round's evaluation message would have carried), then trains, and replies once.
 
-Imports are what the handlers use: scikit-learn, flwr-datasets, matplotlib and Opacus are
-imported where they are needed (building a dataset that is not cached, DP-SGD), since a
-deployment starts a fresh process for every message.
+Imports are what the handlers use: scikit-learn, flwr-datasets, SciPy and Opacus are
+imported where they are needed (building a dataset that is not cached, CAGrad / Nash-MTL,
+DP-SGD), since a deployment starts a fresh process for every message.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ RUN = {
     "local-epochs": 1,
     "hidden": 32,
     "min-nodes": 2,
-    "round-timeout": 60.0,
+    "round-timeout": 180.0,  # a round's replies on a loaded machine; a dead node's sooner
     "audit-received": True,
     "run-name": "faults",
 }
@@ -57,7 +57,7 @@ def _wait_for(predicate, timeout: float) -> None:
     pytest.fail(f"condition not reached within {timeout:.0f}s")
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(720)
 def test_killed_supernode_does_not_fail_the_run_and_rejoins_with_its_heads(tmp_path: Path) -> None:
     results = tmp_path / "results"
     metrics = results / "faults" / "metrics.jsonl"
@@ -65,19 +65,19 @@ def test_killed_supernode_does_not_fail_the_run_and_rejoins_with_its_heads(tmp_p
     with LocalDeployment(nodes=3, run_dir=tmp_path / "dep", insecure=True, echo=False) as dep:
         outcome: list[Outcome] = []
         runner = threading.Thread(
-            target=lambda: outcome.append(dep.submit({**RUN, "results-dir": str(results)}, 360))
+            target=lambda: outcome.append(dep.submit({**RUN, "results-dir": str(results)}, 600))
         )
         runner.start()
         # Round 1's replies are in: node 2 now idles (a SuperNode sleeps 3 s between polls).
-        _wait_for(lambda: len(_trained(audit).get(1, ())) == 3, 180)
+        _wait_for(lambda: len(_trained(audit).get(1, ())) == 3, 300)
         stop_tree(dep.procs["supernode-2"])  # dies between rounds 1 and 2 (or during 2)
-        _wait_for(lambda: _a_round_went_on_without("2", audit), 240)
+        _wait_for(lambda: _a_round_went_on_without("2", audit), 360)
         cache = {
             p: p.stat().st_mtime_ns
             for p in (dep.state_dir / "supernode-2" / "data-cache").glob("*/manifest.json")
         }
         dep.start_supernode(2, key=None)  # same partition, same state dir
-        runner.join(400)
+        runner.join(700)
     assert outcome and outcome[0].ok, outcome and outcome[0].log_path.read_text()[-3000:]
     rows = _rows(metrics)
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
