@@ -196,6 +196,17 @@ class RunConfig:
     tracking: str = _key(
         "none", doc="also log metrics to tensorboard (<run>/tb) or mlflow (<run>/mlflow.db)"
     )
+    piggyback_evaluation: bool = _key(
+        True,
+        doc="clients evaluate round r's model at the start of round r+1's training and send "
+        "the metrics with the training reply (one message wave per round; the last round, "
+        "sampled evaluations and SecAgg+ runs keep a separate wave); false: always separate",
+    )
+    data_cache_dir: str = _key(
+        "",
+        doc="clients keep their prepared data here (memory-mapped, checked); a node's "
+        "state-dir (node config) takes precedence; empty and no state-dir: no disk cache",
+    )
     synth_tasks: int = _key(4, low=2)
     synth_correlation: float = _key(0.5, low=0.0, high=1.0)
 
@@ -215,6 +226,8 @@ class RunConfig:
             "num-server-rounds",
             "round-timeout",
             "audit-received",
+            "piggyback-evaluation",
+            "data-cache-dir",
             "eval-every",
             "fraction-evaluate",
             "state-dir",

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from common.config import CHOICES, RunConfig
 
@@ -473,6 +472,8 @@ class CAGrad(GradientMethod):
         phi = self.c * math.sqrt(max(float(gram.mean()), 0.0))  # c‖g0‖
         coef = mean.copy()
         if phi > 0:
+            from scipy.optimize import minimize  # seconds to import: only when CAGrad runs
+
             res = minimize(
                 lambda x: x @ gram @ mean + phi * math.sqrt(max(x @ gram @ x, 0.0) + 1e-8),
                 mean,
@@ -510,6 +511,8 @@ class NashMTL(GradientMethod):
         if scale <= 1e-20:
             return grads.sum(0), [1.0] * len(grads)
         gram /= scale
+        from scipy.optimize import minimize  # seconds to import: only when Nash-MTL runs
+
         res = minimize(
             lambda a: (0.5 * a @ gram @ a - np.log(a).sum(), gram @ a - 1.0 / a),
             np.ones(len(grads)),

@@ -61,7 +61,7 @@ def main(grid: Grid, context: Context) -> None:
         metered = MeteredGrid(grid, str(audit) if cfg.audit_received else None)
         secagg = SecAggTrainer(metered, context, cfg) if cfg.secagg else None
         accountant = accountant_of(secagg.dp_strategy if secagg else strategy)
-        start, trained_clients = 1, []
+        start, trained_clients, pending = 1, [], None
         if cfg.resume:
             ckpt = load_checkpoint(out / "checkpoints", cfg.digest())
             if ckpt is None:
@@ -70,10 +70,13 @@ def main(grid: Grid, context: Context) -> None:
                 arrays, start = ckpt.arrays, ckpt.round + 1
                 restore_strategy(strategy, ckpt, accountant)
                 trained_clients = ckpt.trained_clients
+                pending = ckpt.pending
                 log(INFO, "fedmtl | resuming after round %d from %s", ckpt.round, ckpt.path)
         else:
             clear_checkpoints(out / "checkpoints")
         results.keep_rounds_until(start - 1)
+        if pending is not None and any(r["round"] == pending["round"] for r in results.rounds):
+            pending = None  # its line was written (the next round's replies came) before the stop
         run_rounds(
             metered,
             strategy,
@@ -83,6 +86,7 @@ def main(grid: Grid, context: Context) -> None:
             start_round=start,
             secagg=secagg,
             trained_clients=trained_clients,
+            pending=pending,
         )
     except Exception as err:
         log(ERROR, "fedmtl | run failed: %s", err)

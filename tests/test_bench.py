@@ -3,6 +3,7 @@ Nothing here is timed against a limit; the benchmark itself is `python -m experi
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -489,21 +490,61 @@ def test_bare_profile_times_every_round_of_the_real_loop() -> None:
 
 
 def test_patched_app_copy_keeps_the_tree_untouched(tmp_path: Path) -> None:
+    """The `before` variant runs a copy patched back to the old behaviour; the lines it
+    patches must exist, and the tree stays as it is."""
     from deploy.runs import REPO
     from experiments.bench import deployment
 
-    original = (REPO / "server" / "metered_grid.py").read_text()
+    originals = {name: (REPO / name).read_text() for name, _, _ in deployment.BEFORE_PATCHES}
     app = deployment.patched_app(tmp_path / "app")
-    assert app is not None, (
-        "server/metered_grid.py no longer contains deployment.GRID_ANCHOR: the bench's "
-        "polling variant cannot be built; update the anchor in experiments/bench/deployment.py"
-    )
-    patched = (app / "server" / "metered_grid.py").read_text()
-    assert deployment.GRID_PATCH in patched and "_send_and_receive_polling" in patched
-    compile(patched, "metered_grid.py", "exec")
-    assert (REPO / "server" / "metered_grid.py").read_text() == original
+    assert not isinstance(app, str), f"{app}: update BEFORE_PATCHES in bench/deployment.py"
+    for name, line, patched in deployment.BEFORE_PATCHES:
+        text = (app / name).read_text()
+        assert patched in text and line not in text
+        compile(text, name, "exec")
+        assert (REPO / name).read_text() == originals[name]
     assert not (app / ".venv").exists() and (app / "pyproject.toml").exists()
     assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]
+
+
+def test_message_stages_split_each_message_at_the_clientapps_timestamps(tmp_path: Path) -> None:
+    from experiments.bench.deployment import message_stages
+
+    def entry(sent: float, start: float, ready: float, reply: float, pulled: float) -> str:
+        timing = {"sent": sent, "process-start": start, "handler": ready, "ready": ready}
+        return json.dumps({"pulled": pulled, "config": {"timing": {**timing, "reply": reply}}})
+
+    audit = tmp_path / "received.jsonl"
+    lines = [entry(0, 2, 3, 5, 6), entry(0, 4, 6, 7, 9), json.dumps({"pulled": 1, "config": {}})]
+    audit.write_text("\n".join(lines) + "\n")
+    got = message_stages(audit)
+    assert got == {
+        "dispatch_median_s": 3.0,
+        "startup_median_s": 1.5,
+        "work_median_s": 1.5,
+        "back_median_s": 1.5,
+        "messages": 2,
+    }
+
+
+def test_deployment_breakdown_comes_from_the_measured_variants() -> None:
+    from experiments.bench.deployment import breakdown_lines
+
+    stages = {
+        "dispatch_median_s": 1.0,
+        "startup_median_s": 2.5,
+        "work_median_s": 0.5,
+        "back_median_s": 0.25,
+        "messages": 9,
+    }
+    s = {
+        "tls": {"round_median_s": 6.0, "stages": stages},
+        "spawn": {"data_s": 1.2, "cached_data_s": 0.004},
+    }
+    text = "\n".join(breakdown_lines(s))
+    assert "| after, subprocess isolation | 6.0 | 1.00 | 2.50 | 0.50 | 0.25 | 9 |" in text
+    assert "before:" not in text and "from the data cache 0.004 s" in text
+    assert breakdown_lines({"tls": {"round_median_s": 6.0}}) == []  # saved before stages
 
 
 def test_scale_sweep_samples_exactly_the_clients_it_names() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from common.config import parse_run_config
 from experiments.bench.communication import CLASSIFICATION, PARALLEL
-from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S
+from experiments.bench.deployment import BOTH_POLL_KEY, GRID_POLL_KEY, POLL_S, breakdown_lines
 from experiments.bench.sampling import MEMORY_INTERVAL_S
 from experiments.bench.text import fact, fmt, mean, table
 
@@ -218,7 +218,7 @@ def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     variant_rounds = sorted(
         {
             len(s[k]["round_seconds"])
-            for k in ("tls", GRID_POLL_KEY, BOTH_POLL_KEY)
+            for k in ("tls", "tls_process", GRID_POLL_KEY, BOTH_POLL_KEY)
             if k in s and "round_seconds" in s[k]
         }
     )
@@ -226,8 +226,9 @@ def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     out = [
         "## 5. Deployment latency",
         "",
-        f"{run_cfg.num_clients} clients, default {run_cfg.dataset} config; a round is a "
-        "training wave and an evaluation wave. Loopback deployment (`LocalDeployment`, "
+        f"{run_cfg.num_clients} clients, default {run_cfg.dataset} config; a round is one "
+        "message wave (each round's evaluation rides on the next round's training; the last "
+        "round adds an evaluation wave). Loopback deployment (`LocalDeployment`, "
         "subprocess isolation: every message starts a fresh ClientApp process, so all its "
         f"rounds are alike; the variants run {variants} round(s)) vs Flower's simulation of the "
         f"same config ({sim_rounds} rounds: round 1 is cold, later ones warm).",
@@ -236,8 +237,10 @@ def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     rows = []
     for key, label in (
         ("simulation", "simulation"),
+        ("before", "deployment, TLS + node auth, before (patched copy)"),
         ("insecure", "deployment, insecure"),
         ("tls", "deployment, TLS + node auth"),
+        ("tls_process", "deployment, TLS + node auth, process isolation"),
         (
             GRID_POLL_KEY,
             f"deployment, insecure, MeteredGrid pulls every {POLL_S:g} s (patched copy)",
@@ -283,6 +286,7 @@ def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         if f"ratio_wave_{key}_vs_insecure" in s:
             ratios.append(f"{label}, per wave: {fmt(s[f'ratio_wave_{key}_vs_insecure'], 2)}×")
     out += ["; ".join(ratios) + ".", ""]
+    out += breakdown_lines(s)
     spawn, imports = s.get("spawn", {}), s.get("imports", {})
     if spawn:
         out += [
@@ -294,9 +298,10 @@ def render_deployment(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "load): "
             + ", ".join(f"`{k}` {fmt(v, 2)} s" for k, v in imports.items())
             + f". On top: an idle SuperNode polls every {fact('supernode_idle_poll_s')} s "
-            f"(hard-coded), SuperExec looks for tasks every {fact('superexec_poll_s')} s, and "
-            f"the ServerApp's `HttpGrid.send_and_receive` sleeps {fact('http_grid_pull_s')} s "
-            "between pulls, so a wave is rounded up to a multiple of that. All "
+            f"(hard-coded), SuperExec looks for tasks every {fact('superexec_poll_s')} s "
+            f"(`deploy.local` and the compose files set {POLL_S:g} s), and the ServerApp's "
+            f"`HttpGrid.send_and_receive` sleeps {fact('http_grid_pull_s')} s between pulls "
+            f"(fedmtl's `MeteredGrid` pulls every {POLL_S:g} s instead). All "
             f"{run_cfg.num_clients} nodes start their processes at once on "
             f"{machine.get('cores', '?')} cores.",
             "",
