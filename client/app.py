@@ -39,13 +39,13 @@ from client.byzantine import (
 )
 from client.state import PrivateStore
 from client.train import (
-    build_model,
     build_weighting,
     evaluate,
     local_round,
     round_generator,
     train_heads,
 )
+from client.warm import fresh_model, placement
 from common.algorithms import Algorithm, get_algorithm
 from common.compression import RECORD as COMPRESSION
 from common.compression import compress
@@ -216,7 +216,7 @@ def open_session(
     if cfg.attack == "label-flip" and is_attacker(client_id, cfg.attack, cfg.attackers):
         data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)
-    model = build_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
+    model = fresh_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
     personal = copy.deepcopy(model) if algorithm.schedule == "ditto" else None
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
     state_dir = str(context.node_config.get("state-dir", cfg.state_dir))
@@ -364,7 +364,9 @@ def legacy_train_step(msg: Message, context: Context) -> Message:
 
 def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> RecordDict:
     """Local training under the configured algorithm and privacy; the reply's records."""
-    audit = {"private-at-start": s.private_digest()} if s.cfg.audit_received else {}
+    audit: dict[str, Any] = {}
+    if s.cfg.audit_received:  # where it ran, and the private state it starts from
+        audit = {**placement(), "private-at-start": s.private_digest()}
     before = {k: v.copy() for k, v in s.private_arrays().items()}  # training is in place
     privacy = {}
     if s.cfg.privacy == "dp-sgd":

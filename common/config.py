@@ -192,6 +192,15 @@ class RunConfig:
         "history) go on with fresh state; false: it refuses and the run stops",
     )
     round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")
+    grid_pull_interval: float = _key(
+        0.01,
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        doc="simulation: seconds between the ServerApp's looks for replies (Flower's "
+        "InMemoryGrid; its default 0.1 s adds half of that to every message wave); a "
+        "deployment's grid has its own",
+    )
     audit_received: bool = _key(False, doc="write received.jsonl: what the server got, per reply")
     synth_tasks: int = _key(4, low=2)
     synth_correlation: float = _key(0.5, low=0.0, high=1.0)
@@ -210,6 +219,7 @@ class RunConfig:
             "resume",
             "num-server-rounds",
             "round-timeout",
+            "grid-pull-interval",
             "audit-received",
             "eval-every",
             "fraction-evaluate",
