@@ -45,6 +45,7 @@ from deploy.runs import (
 
 CONNECTION = "fedmtl-sim"  # the connection name in the engine's FLWR_HOME
 HEAD, PER_RUN = "head", "per-run"  # `SimulationEngine(ray=...)`: besides a cluster address
+SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
 # Options of `ray.init` that only a new Ray instance takes: an existing cluster's nodes fix them.
 NEW_INSTANCE_ONLY = ("init-args-num-cpus", "init-args-num-gpus")
 
@@ -113,6 +114,9 @@ class SimulationEngine:
         STATE.mkdir(exist_ok=True)
         self.env = flower_env()
         self.env.pop("RAY_ADDRESS", None)  # 'per-run' means a new Ray instance per run
+        # The SuperLink's SuperExec looks for a submitted run every second by default: on
+        # average half a second of every run's start. Flower reads this interval from here.
+        self.env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
         if self.ray not in (HEAD, PER_RUN):  # refuse a wrong address before starting anything
             self.ray_address = resolve_ray_address(self.ray)
         self.home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=STATE))

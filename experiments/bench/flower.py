@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
-from deploy.simulation import CONNECTION, SimulationEngine, federation_config
+from deploy.simulation import CONNECTION, SimulationEngine, client_state_dir, federation_config
 from experiments.bench.sampling import TreeSampler, descendants, process_table
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -179,11 +179,13 @@ def run_fedmtl(
     app_dir: Path | None = None,
 ) -> AppRun:
     """`SimulationEngine.run` with any federation option, timestamps and memory sampling;
-    `app_dir` submits another copy of the app (default: the engine's)."""
+    `app_dir` submits another copy of the app (default: the engine's). As in `make run`, the
+    clients keep their private state in the run's `client-state` dir (written every round)."""
     overrides = {**overrides, "results-dir": str(results_root.resolve())}
     cfg = parse_run_config(overrides)
     results_dir = results_root.resolve() / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
+    overrides["state-dir"] = str(client_state_dir(cfg, results_dir))
     for stale in ("summary.json", "metrics.jsonl"):
         (results_dir / stale).unlink(missing_ok=True)
     fed = federation_config(cfg.num_clients, cpus_per_client, **(federation_extra or {}))

@@ -138,10 +138,14 @@ def bare_subprocess(overrides: dict[str, Any]) -> dict[str, Any]:
 # --- the ClientApp's own work around local_round, in process ---
 
 
-def clientapp_profile(overrides: dict[str, Any], rounds: int = 3) -> dict[str, Any]:
+def clientapp_profile(
+    overrides: dict[str, Any], rounds: int = 3, state_dir: Path | None = None
+) -> dict[str, Any]:
     """Per train message, what the ClientApp does besides `local_round` (config parse, data
-    lookup, model build, private-state restore and save, reply records), by calling the same
-    functions its handler calls with a plain `Context`; no Flower transport involved."""
+    lookup, model reset, private-state restore and save, reply records), by calling the same
+    functions its handler calls with a plain `Context`; no Flower transport involved. With
+    `state_dir` the private state is also written there every round (fsynced), as in a
+    simulation."""
     from flwr.app import Context, RecordDict
 
     import client.app as capp
@@ -149,6 +153,8 @@ def clientapp_profile(overrides: dict[str, Any], rounds: int = 3) -> dict[str, A
     from common.records import arrays_from_model, model_shared_keys
     from server.app import initial_model
 
+    if state_dir is not None:
+        overrides = {**overrides, "state-dir": str(state_dir)}
     cfg = parse_run_config(overrides)
     model = initial_model(cfg)
     arrays = arrays_from_model(model, model_shared_keys(model, get_algorithm(cfg.algorithm)))
@@ -202,6 +208,34 @@ def clientapp_profile(overrides: dict[str, Any], rounds: int = 3) -> dict[str, A
         "warm_open_session_s": median([r["open_session"] for r in warm]),
         "warm_overhead_s": median([r["total"] - r["local_round"] for r in warm]),
     }
+
+
+def server_writes_cost(overrides: dict[str, Any], out: Path, repeats: int = 10) -> float:
+    """Seconds of what the ServerApp writes every round, each file atomically and fsynced:
+    the metrics line, the shared arrays and the checkpoint (the default encoder)."""
+    from common.algorithms import get_algorithm
+    from common.records import arrays_from_model, model_shared_keys
+    from server.app import initial_model
+    from server.checkpoint import save_checkpoint
+    from server.results import RunResults
+    from server.strategies import build_strategy
+
+    cfg = parse_run_config(overrides)
+    model = initial_model(cfg)
+    arrays = arrays_from_model(model, model_shared_keys(model, get_algorithm(cfg.algorithm)))
+    strategy = build_strategy(cfg)
+    results = RunResults(out, cfg.to_dict())
+    clients = [str(c) for c in range(cfg.num_clients)]
+    times = []
+    for rnd in range(1, repeats + 1):
+        t = time.perf_counter()
+        results.log_round({"round": rnd, "clients": cfg.num_clients, "seconds": 0.1})
+        results.save_arrays(arrays)
+        save_checkpoint(
+            out / "checkpoints", rnd, cfg.digest(), arrays, strategy, trained_clients=clients
+        )
+        times.append(time.perf_counter() - t)
+    return median(times)
 
 
 def aggregation_cost(overrides: dict[str, Any], repeats: int = 20) -> float:
@@ -335,10 +369,12 @@ def per_round_table(
     app: dict[str, Any],
     aggregation_s: float,
     clients: int,
+    server_writes_s: float = 0.0,
 ) -> dict[str, float]:
     """A warm round (medians), split: client compute (the bare loop's local_round and
-    evaluate, serial), ClientApp bookkeeping (in-process profile × messages), aggregation,
-    and Flower dispatch = the Flower round minus those."""
+    evaluate, serial), ClientApp bookkeeping (in-process profile × messages, its private
+    state written to disk included), aggregation, the server's per-round files, and Flower
+    dispatch = the Flower round minus those."""
     warm = [r for bare in bares for r in (bare["rounds"][1:] or bare["rounds"])]
     compute = median([r["train_compute"] + r["eval_compute"] for r in warm])
     evaluated = any(
@@ -354,7 +390,8 @@ def per_round_table(
         "client_compute_s": compute,
         "clientapp_bookkeeping_s": bookkeeping,
         "aggregation_s": aggregation_s,
-        "dispatch_s": flower_round - compute - bookkeeping - aggregation_s,
+        "server_writes_s": server_writes_s,
+        "dispatch_s": flower_round - compute - bookkeeping - aggregation_s - server_writes_s,
     }
 
 
@@ -500,10 +537,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ctx.log("overhead: bare loop (fresh interpreter)")
     bares = [bare_subprocess(default)]
     ctx.log(f"overhead: bare wall {bares[0]['process_wall_s']:.1f}s")
-    app = clientapp_profile(default, rounds=2 if ctx.quick else 3)
+    scratch = ctx.section_dir("overhead") / "scratch"
+    app = clientapp_profile(default, rounds=2 if ctx.quick else 3, state_dir=scratch / "state")
     ctx.log("overhead: FAB build, repository vs slim app directory")
     fab = fab_build_cost(ctx.section_dir("overhead") / "slim-app-fab")
     agg = aggregation_cost(default)
+    writes = server_writes_cost(default, scratch / "server")
 
     # Bare, Flower, bare, Flower, bare: the load from other processes drifts over minutes,
     # so each Flower run is compared with the two bare runs around it.
@@ -564,7 +603,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "fixed_startup_s": total - f["warm_round_median_s"] * f["rounds"],
         }
     table = {
-        tag: per_round_table(f, brackets[tag], app, agg, cfg.num_clients)
+        tag: per_round_table(f, brackets[tag], app, agg, cfg.num_clients, writes)
         for tag, f in flower.items()
     }
     bare = min(bares, key=lambda b: b["process_wall_s"])
@@ -626,6 +665,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "bare_walls_s": [b["process_wall_s"] for b in bares],
         "clientapp": app,
         "aggregation_s": agg,
+        "server_writes_s": writes,
         "fab_build": fab,
         "flower": flower,
         "ratios": ratios,

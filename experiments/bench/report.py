@@ -255,6 +255,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
                 fmt(p["client_compute_s"], 3),
                 fmt(p["clientapp_bookkeeping_s"], 3),
                 fmt(p["aggregation_s"] * 1000, 2),
+                fmt(p.get("server_writes_s", float("nan")) * 1000, 1),
                 fmt(p["dispatch_s"], 3),
                 fmt(est, 3),
             ]
@@ -267,6 +268,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "client compute s (bare, serial)",
             "ClientApp bookkeeping s",
             "aggregation ms",
+            "server's files ms",
             "dispatch s (remainder)",
             "dispatch s (probe estimate)",
         ],
@@ -278,7 +280,11 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         "shared machine, was slower per round than Flower's actors: Flower's per-round "
         "dispatch is below what run-to-run noise resolves here. The probe measures it "
         "directly: a training and an evaluation wave per round, each costing the probe's "
-        "small-wave time, plus the marginal cost per call for every message.",
+        "small-wave time, plus the marginal cost per call for every message. The server's "
+        "files are what it writes every round (metrics line, shared arrays, checkpoint: "
+        "each atomic and fsynced, the durability docs/SECURITY.md promises); the "
+        "bookkeeping includes each client writing its private state (one fsynced file per "
+        "message).",
         "",
     ]
     app = s.get("clientapp", {})
