@@ -48,13 +48,13 @@ from client.byzantine import (
 )
 from client.state import PrivateStore
 from client.train import (
-    build_model,
     build_weighting,
     evaluate,
     local_round,
     round_generator,
     train_heads,
 )
+from client.warm import fresh_model, placement
 from common.algorithms import Algorithm, get_algorithm
 from common.compression import RECORD as COMPRESSION
 from common.compression import compress
@@ -249,7 +249,7 @@ def open_session(
     algorithm = get_algorithm(cfg.algorithm)
     device = resolve_device(cfg.device)  # this node's device; state loads onto it below
     check_amp(cfg.amp, device)
-    model = build_model(
+    model = fresh_model(
         cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads, device=device
     )
     personal = copy.deepcopy(model) if algorithm.personal_model else None
@@ -419,7 +419,9 @@ def legacy_train_step(msg: Message, context: Context) -> Message:
 
 def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> RecordDict:
     """Local training under the configured algorithm and privacy; the reply's records."""
-    audit = {"private-at-start": s.private_digest()} if s.cfg.audit_received else {}
+    audit: dict[str, Any] = {}
+    if s.cfg.audit_received:  # where it ran, and the private state it starts from
+        audit = {**placement(), "private-at-start": s.private_digest()}
     before = {k: v.copy() for k, v in s.private_arrays().items()}  # training is in place
     privacy = {}
     if s.cfg.privacy == "dp-sgd":

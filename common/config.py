@@ -188,6 +188,15 @@ class RunConfig:
         "history) go on with fresh state; false: it refuses and the run stops",
     )
     round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")
+    grid_pull_interval: float = _key(
+        0.01,
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        doc="simulation: seconds between the ServerApp's looks for replies (Flower's "
+        "InMemoryGrid; its default 0.1 s adds half of that to every message wave); a "
+        "deployment's grid has its own",
+    )
     audit_received: bool = _key(False, doc="write received.jsonl: what the server got, per reply")
     device: str = _key(
         "auto", doc="where clients train: auto (CUDA when available), cpu, cuda, cuda:N, mps"
@@ -225,6 +234,7 @@ class RunConfig:
             "resume",
             "num-server-rounds",
             "round-timeout",
+            "grid-pull-interval",
             "audit-received",
             "piggyback-evaluation",
             "data-cache-dir",

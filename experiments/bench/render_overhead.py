@@ -31,8 +31,11 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         f"between and after the {len(s.get('flower', {}))} Flower runs "
         f"(walls: {', '.join(fmt(w, 1) for w in s.get('bare_walls_s', []))} s): each Flower "
         "run is compared with the mean of the two bare runs around it, and the range "
-        "against each of them shows how much the machine's load moved meanwhile. `make run` "
-        "total = SuperLink start + run + SuperLink stop.",
+        "against each of them shows how much the machine's load moved meanwhile. `cold` is "
+        "`make run`: a fresh engine (SuperLink and Ray head started side by side) + the run + "
+        "stopping them; `warm` is the next run on that engine, as every run of a study after "
+        "its first; `per-run-ray` leaves Ray to Flower, which starts it inside every run (what "
+        "each run cost before the engine kept a head).",
         "",
     ]
     ratios = s.get("ratios", {})
@@ -40,10 +43,12 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     rows = []
     for tag, f in s.get("flower", {}).items():
         r = ratios.get(tag, {})
+        engine = s.get("engine_start_s", 0) + s.get("engine_stop_s", 0)
+        total = r.get("total_s", engine + f["wall_s"])
         rows.append(
             [
                 f"Flower, {tag}",
-                fmt(s.get("engine_start_s", 0) + f["wall_s"] + s.get("engine_stop_s", 0), 1),
+                fmt(total, 1),
                 fmt(f["submit_to_serverapp_s"], 1),
                 fmt(f["round1_s"], 1),
                 fmt(f["warm_round_median_s"], 3),
@@ -86,11 +91,14 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         "Fixed start-up = total − N × median warm round. It is where Flower's overhead is: "
         "the CLI builds and uploads the FAB, the SuperLink's SuperExec polls for the run "
         f"(every {fact('superexec_poll_s')} s) and starts `flwr-simulation`, which imports the "
-        "ServerApp, starts Ray, "
+        "ServerApp, attaches to the engine's Ray head (or, per run, starts Ray), "
         "creates the actors, and each actor imports torch + the ClientApp and builds its data "
-        "on its first message (round 1); at the end, summary/plots, Ray shutdown and the CLI "
+        "on its first message (round 1); at the end, summary/plots, Ray disconnect and the CLI "
         "exit.",
         "",
+    ]
+    out += render_startup(s)
+    out += [
         "![round times](performance/overhead_rounds.png)",
         "",
         "Per warm round (medians):",
@@ -108,6 +116,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
                 fmt(p["client_compute_s"], 3),
                 fmt(p["clientapp_bookkeeping_s"], 3),
                 fmt(p["aggregation_s"] * 1000, 2),
+                fmt(p.get("server_writes_s", float("nan")) * 1000, 1),
                 fmt(p["dispatch_s"], 3),
                 fmt(est, 3),
             ]
@@ -120,6 +129,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "client compute s (bare, serial)",
             "ClientApp bookkeeping s",
             "aggregation ms",
+            "server's files ms",
             "dispatch s (remainder)",
             "dispatch s (probe estimate)",
         ],
@@ -131,7 +141,11 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         "shared machine, was slower per round than Flower's actors: Flower's per-round "
         "dispatch is below what run-to-run noise resolves here. The probe measures it "
         "directly: a training and an evaluation wave per round, each costing the probe's "
-        "small-wave time, plus the marginal cost per call for every message.",
+        "small-wave time, plus the marginal cost per call for every message. The server's "
+        "files are what it writes every round (metrics line, shared arrays, checkpoint: "
+        "each atomic and fsynced, the durability docs/SECURITY.md promises); the "
+        "bookkeeping includes each client writing its private state (one fsynced file per "
+        "message).",
         "",
     ]
     app = s.get("clientapp", {})
@@ -200,6 +214,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "whatever it carries; a large federation pays the per-tick scan.",
             "",
         ]
+        out += render_fixed_waits(probe)
     knobs = s.get("knobs", {})
     if knobs:
         base = knobs.get("baseline", {})
@@ -244,6 +259,7 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "directory as `flwr run .` does (see below).",
             "",
         ]
+    out += render_pfl(s.get("pfl"))
     fab = s.get("fab_build", {})
     if fab:
         repo, slim = fab.get("repository", {}), fab.get("slim", {})
@@ -257,6 +273,139 @@ def render_overhead(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             "every file, then filters them by .gitignore.",
             "",
         ]
+    return out
+
+
+def render_startup(s: dict[str, Any]) -> list[str]:
+    """Where the time outside the warm rounds goes, per path, and what the warm Ray head
+    saves per run."""
+    split = s.get("startup", {})
+    if not split:
+        return []
+    rows = []
+    for tag, p in split.items():
+        cold = tag == "cold"
+        rows.append(
+            [
+                tag,
+                fmt(s.get("engine_start_s"), 1) if cold else "–",
+                fmt(p["submit_to_simulation_s"], 1),
+                fmt(p["simulation_to_serverapp_s"], 1),
+                fmt(p["round1_extra_s"], 1),
+                fmt(p["serverapp_outside_rounds_s"], 1),
+                fmt(p["last_round_to_exit_s"], 1),
+                fmt(s.get("engine_stop_s"), 1) if cold else "–",
+            ]
+        )
+    out = ["Start-up and shut-down, split (s):", ""]
+    out += table(
+        [
+            "path",
+            "engine start (SuperLink ‖ Ray head)",
+            "submit → simulation process",
+            "→ ServerApp running",
+            "round 1 beyond a warm round",
+            "ServerApp outside rounds",
+            "last round → CLI exit",
+            "engine stop",
+        ],
+        rows,
+    )
+    saving = s.get("ray_head_saving_s")
+    if saving is not None:
+        out += [
+            "Submit → simulation process: the `flwr` CLI starts, builds and uploads the FAB, "
+            f"SuperExec polls every {fact('superexec_poll_s')} s and starts `flwr-simulation`. "
+            "→ ServerApp: it installs the FAB, imports the ServerApp (torch) and, with Ray per "
+            "run, starts Ray meanwhile. Round 1 beyond a warm round: the actors (new processes "
+            "in every run: Ray cannot hand one job's actors to the next) import torch and the "
+            "ClientApp and build their data. What the warm Ray head saves per run (Ray per "
+            f"run − warm, same config): {fmt(saving, 1)} s.",
+            "",
+        ]
+    return out
+
+
+def render_fixed_waits(probe: dict[str, Any]) -> list[str]:
+    """What remains of Flower's own waits once the grid pulls often: the probe's small waves
+    with the grid's default pull interval and with fedmtl's."""
+    slow, fast = probe.get("2-actors"), probe.get("2-actors-pull-0.01")
+    if not slow or not fast:
+        return []
+
+    def small(p: dict[str, Any]) -> float:
+        return median([v for k, v in p["wave_median_s"].items() if int(k) <= 2])
+
+    return [
+        f"What remains of Flower's fixed waits: with the grid pulling every "
+        f"{fmt(slow.get('pull_interval_s'), 2)} s (Flower's default) a wave of 1–2 messages "
+        f"takes {fmt(small(slow), 3)} s (median), pulling every "
+        f"{fmt(fast.get('pull_interval_s'), 2)} s (`grid-pull-interval`, fedmtl's default) "
+        f"{fmt(small(fast), 3)} s; a wave of {fast['nodes']} "
+        f"{fmt(fast['wave_median_s'].get(str(fast['nodes'])), 3)} s against "
+        f"{fmt(slow['wave_median_s'].get(str(slow['nodes'])), 3)} s. What is left is the "
+        f"simulation's message queue: `vce_api.add_messages_to_queue` takes new messages "
+        f"every {fact('vce_tick_s')} s (`f_stop.wait({fact('vce_tick_s')})`), so back-to-back "
+        "waves of short work run at most one per tick: a round costs its work rounded up "
+        f"to the next multiple of {fact('vce_tick_s')} s, whatever the pull interval. Flower "
+        "exposes no setting for it; a round whose work stays under one tick costs one tick.",
+        "",
+    ]
+
+
+def render_pfl(pfl: dict[str, Any] | None) -> list[str]:
+    """The PFLlib-style workload: fedmtl cold and warm against the plain in-process loop."""
+    if not pfl:
+        return []
+    over = pfl["overrides"]
+    cfg = parse_run_config(over)
+    rows = []
+    for tag, total in (("cold", pfl["cold_total_s"]), ("warm", pfl["warm"]["wall_s"])):
+        f = pfl[tag]
+        rows.append(
+            [
+                f"fedmtl, {tag}",
+                fmt(total, 1),
+                fmt(f["round1_s"], 1),
+                fmt(f["warm_round_median_s"], 3),
+                fmt(f["warm_rounds_sum_s"], 1),
+                fmt(pfl[f"{tag}_ratio"], 2, "×") + span(pfl[f"{tag}_ratio_range"]),
+            ]
+        )
+    rows.append(
+        [
+            "plain in-process loop",
+            ", ".join(fmt(w, 1) for w in pfl["bare_walls_s"]),
+            "–",
+            fmt(pfl["bare_round_median_s"], 3),
+            "–",
+            "1×",
+        ]
+    )
+    out = [
+        f"### PFLlib-style workload ({cfg.num_clients} clients, {cfg.dataset}, lr "
+        f"{cfg.lr:g}, {cfg.local_epochs} local epoch{'s' * (cfg.local_epochs != 1)}, batch "
+        f"{cfg.batch_size}, "
+        f"{cfg.num_server_rounds} rounds, evaluated at the end only)",
+        "",
+        "Short rounds, so the fixed costs weigh most. The plain loop is `run_bare` (the same "
+        "clients, data, seeds and `local_round`; FedAvg of the shared arrays in process) in a "
+        "fresh interpreter, before and after; cold = `fedmtl-run` (engine start + run + stop: "
+        f"{fmt(pfl['engine_start_s'], 1)} + {fmt(pfl['cold']['wall_s'], 1)} + "
+        f"{fmt(pfl['engine_stop_s'], 1)} s); warm = the next run on that engine.",
+        "",
+    ]
+    out += table(
+        [
+            "path",
+            "total s",
+            "round 1 s",
+            "warm round s (median)",
+            "rounds 2..N s",
+            "vs plain loop",
+        ],
+        rows,
+    )
     return out
 
 

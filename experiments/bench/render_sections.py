@@ -24,8 +24,9 @@ def render_scale(s: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         f"{stopped if stopped is not None else '?'}, so its first, cold round of partitioning "
         "stays short), `fraction-train` = k/clients, "
         "`fraction-evaluate=0`, `eval-every` past the end: only the main run's last round "
-        "evaluates every client. Memory: every process below the SuperLink "
-        "(SuperExec, flwr-simulation, Ray GCS/raylet/agents, actors), sampled every "
+        "evaluates every client. Memory: every process the engine runs, below its "
+        "SuperLink (SuperExec, flwr-simulation) and below its Ray head (GCS, raylet, agents, "
+        "actors), sampled every "
         f"{MEMORY_INTERVAL_S:g} s from /proc; RSS counts shared pages once per process, PSS "
         "splits them.",
         "",
