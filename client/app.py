@@ -4,7 +4,13 @@ train: load the shared arrays from the message, restore the private part (heads,
 private encoder blocks, Ditto's personal model) from the client's state, train locally, store
 the private part back, reply with exactly the shared keys received (plus, for algorithms that
 federate heads, this client's own heads). evaluate: the same restore, then per-task metrics
-on validation and test.
+on validation and test. A training message that names an `evaluate-round` gets both: the
+client first evaluates what it received (the previous round's model, exactly what that
+round's evaluation message would have carried), then trains, and replies once.
+
+Imports are what the handlers use: scikit-learn, flwr-datasets, SciPy and Opacus are
+imported where they are needed (building a dataset that is not cached, CAGrad / Nash-MTL,
+DP-SGD), since a deployment starts a fresh process for every message.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import os
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
@@ -39,23 +48,29 @@ from client.byzantine import (
 )
 from client.state import PrivateStore
 from client.train import (
-    build_model,
     build_weighting,
     evaluate,
     local_round,
     round_generator,
     train_heads,
 )
+from client.warm import fresh_model, placement
 from common.algorithms import Algorithm, get_algorithm
 from common.compression import RECORD as COMPRESSION
 from common.compression import compress
 from common.config import ConfigError, RunConfig, parse_run_config
+from common.datacache import cache_dir_for, client_data
 from common.datasets import dataset_tasks
-from common.federation import ClientData, load_client_data
+from common.device import check_amp, resolve_device
+from common.federation import ClientData
 from common.models import MultiTaskModel
 from common.randomness import dp_noise_seed, noise_numpy, warn_seeded_noise
 from common.records import (
+    EVALUATE_ROUND,
+    EVALUATION_METRICS,
+    EVALUATION_TASKS,
     TASK_ARRAYS,
+    TIMING,
     arrays_from_model,
     load_arrays,
     model_shared_keys,
@@ -66,6 +81,21 @@ from common.weighting import Weighting
 
 app = ClientApp()
 PERSONAL = "personal."  # prefix of Ditto's personal model in the private state
+
+
+def process_start_time() -> float | None:
+    """When this process started (Unix seconds, to 10 ms), from /proc; None without /proc.
+    A deployment starts a process per message: start -> handler ready is its fixed cost."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime - started)
+
+
+PROCESS_START = process_start_time()
 
 
 @lru_cache(maxsize=8)
@@ -212,11 +242,16 @@ def open_session(
         cfg = dataclasses.replace(cfg, **paths)
     client_id, partition_id, num_partitions = client_identity(context)
     tasks = str(node.get("tasks", ""))  # a node's own task set (deployment), else the plan
-    data = load_client_data(cfg, partition_id, num_partitions, client_id, tasks)
+    cache = cache_dir_for(node, cfg)
+    data = client_data(cfg, partition_id, num_partitions, client_id, tasks, cache)
     if cfg.attack == "label-flip" and is_attacker(client_id, cfg.attack, cfg.attackers):
         data = flip_labels(data)
     algorithm = get_algorithm(cfg.algorithm)
-    model = build_model(cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads)
+    device = resolve_device(cfg.device)  # this node's device; state loads onto it below
+    check_amp(cfg.amp, device)
+    model = fresh_model(
+        cfg, data.tasks, data.input_shape, global_heads=algorithm.global_heads, device=device
+    )
     personal = copy.deepcopy(model) if algorithm.personal_model else None
     weighting = build_weighting(cfg, data.task_names, dataset_tasks(cfg), client_id)
     state_dir = str(context.node_config.get("state-dir", cfg.state_dir))
@@ -338,10 +373,30 @@ def compressed(reply: Message, sent: ArrayRecord, method: str) -> Message:
 
 
 def train_step(msg: Message, context: Context) -> Message:
+    """Train; first evaluate what was received when the message names `evaluate-round`."""
+    handler = time.time()
     config = msg.content["config"]
     s = session_for(msg, context)
+    ready = time.time()
+    evaluation = None
+    if EVALUATE_ROUND in config:
+        evaluation = evaluate_session(s, int(config[EVALUATE_ROUND]))
     reply = train_session(s, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
+    if evaluation is not None:
+        reply[EVALUATION_METRICS] = ConfigRecord(dict(evaluation["metrics"]))
+        reply[EVALUATION_TASKS] = evaluation["task-metrics"]
+    if s.cfg.audit_received:
+        reply[TIMING] = timing(msg, handler, ready)
     return Message(reply, reply_to=msg)
+
+
+def timing(msg: Message, handler: float, ready: float) -> ConfigRecord:
+    """When the server created the message, this process started, the handler was entered,
+    the session was ready (data, model, private state) and the reply was built."""
+    stamps = {"sent": msg.metadata.created_at, "handler": handler, "ready": ready}
+    if PROCESS_START is not None:
+        stamps["process-start"] = PROCESS_START
+    return ConfigRecord({**stamps, "reply": time.time()})
 
 
 def legacy_train_step(msg: Message, context: Context) -> Message:
@@ -364,7 +419,9 @@ def legacy_train_step(msg: Message, context: Context) -> Message:
 
 def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> RecordDict:
     """Local training under the configured algorithm and privacy; the reply's records."""
-    audit = {"private-at-start": s.private_digest()} if s.cfg.audit_received else {}
+    audit: dict[str, Any] = {}
+    if s.cfg.audit_received:  # where it ran, and the private state it starts from
+        audit = {**placement(), "private-at-start": s.private_digest()}
     before = {k: v.copy() for k, v in s.private_arrays().items()}  # training is in place
     privacy = {}
     if s.cfg.privacy == "dp-sgd":
@@ -413,19 +470,26 @@ def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> Re
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
+    handler = time.time()
     s = session_for(msg, context)
+    ready = time.time()
+    reply = evaluate_session(s, int(msg.content["config"].get("server-round", 0)))
+    if s.cfg.audit_received:
+        reply[TIMING] = timing(msg, handler, ready)
+    return Message(reply, reply_to=msg)
+
+
+def evaluate_session(s: ClientSession, server_round: int) -> RecordDict:
+    """Per-task metrics on validation and test of the client's model as the algorithm
+    defines it, after the round's training and aggregation (the session holds the aggregated
+    shared arrays and the private state the client ended its last training with): the joint
+    model, Ditto's personal model, or for FedAvg-FT a copy whose heads were first fine-tuned
+    on the local training data (nothing of the fine-tuning is kept)."""
     model = s.personal if s.personal is not None else s.model
     if s.algorithm.finetune_heads:
-        # FedAvg-FT: adapt a copy of the global heads to the local data; nothing is kept.
         model = copy.deepcopy(s.model)
-        rnd = int(msg.content["config"].get("server-round", 0))
-        train_heads(
-            model,
-            s.data,
-            s.cfg,
-            s.cfg.finetune_epochs,
-            round_generator(s.cfg, s.data.client_id, rnd, 2),
-        )
+        gen = round_generator(s.cfg, s.data.client_id, server_round, 2)
+        train_heads(model, s.data, s.cfg, s.cfg.finetune_epochs, gen)
     record: dict = {"client-id": s.data.client_id, "tasks": ",".join(s.data.task_names)}
     losses = {}
     for split_name, split in (("val", s.data.val), ("test", s.data.test)):
@@ -439,7 +503,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     if is_attacker(cid, cfg.attack, cfg.attackers):
         kind = attack_of(cid, cfg.attack)
         record = forge_evaluation(kind, record, dataset_tasks(cfg), cfg.num_clients)
-    reply = RecordDict(
+    return RecordDict(
         {
             "metrics": MetricRecord(
                 {
@@ -451,4 +515,3 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
             "task-metrics": ConfigRecord(record),
         }
     )
-    return Message(reply, reply_to=msg)

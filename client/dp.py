@@ -20,7 +20,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.train import TrainStats
+from client.train import TrainStats, model_device
 from common.config import RunConfig
 from common.federation import ClientData
 from common.models import MultiTaskModel
@@ -74,7 +74,8 @@ def dp_round(
     server_round: int,
     history: History,
 ) -> tuple[TrainStats, History, float]:
-    """One round of DP-SGD (Poisson sampling, per-example clipping, Gaussian noise).
+    """One round of DP-SGD (Poisson sampling, per-example clipping, Gaussian noise), on the
+    model's device (batches are moved there; mixed precision is refused under DP-SGD).
 
     Returns the stats, the extended accountant history and the cumulative ε."""
     n = len(data.train)
@@ -94,12 +95,15 @@ def dp_round(
     seed = dp_noise_seed(cfg, data.client_id, server_round)
     if seed is not None:
         warn_seeded_noise(f"client {data.client_id}, round {server_round}")
-    noise = noise_generator(seed)
+    # Poisson sampling runs on the CPU; Opacus draws the noise on the parameters' device.
+    device = model_device(model)
+    sampling = noise_generator(seed)
+    noise = sampling if device.type == "cpu" else noise_generator(seed, device)
     names = list(model.tasks)
     dataset = TensorDataset(
         torch.from_numpy(data.train.x), *(torch.from_numpy(data.train.y[t]) for t in names)
     )
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, generator=noise)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, generator=sampling)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     engine = PrivacyEngine(accountant="rdp")
     private_model, private_opt, private_loader = engine.make_private(
@@ -121,8 +125,11 @@ def dp_round(
                 drawn += 1
                 if len(x) == 0:
                     continue  # counted in `drawn`: the accountant stays conservative
-                out = private_model(x)
-                losses = {t: model.tasks[t].loss(out[t], y) for t, y in zip(names, ys, strict=True)}
+                out = private_model(x.to(device))
+                losses = {
+                    t: model.tasks[t].loss(out[t], y.to(device))
+                    for t, y in zip(names, ys, strict=True)
+                }
                 private_opt.zero_grad(set_to_none=True)
                 weighting.backward(losses, shared)
                 private_opt.step()

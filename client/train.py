@@ -1,5 +1,9 @@
 """Local training and evaluation as plain functions (no Flower): the ClientApp, the bare-loop
-benchmark and the centralized reference all call these."""
+benchmark, the GPU benchmark and the centralized reference all call these.
+
+Training and evaluation run where the model's parameters are: `build_model(..., device=...)`
+places the model, and every function here moves its batches there. Mixed precision (`amp`)
+applies to the training step's forward pass only; evaluation runs in float32."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from torch import nn
 
 from common.algorithms import Algorithm
 from common.config import RunConfig
+from common.device import autocast, grad_scaler
 from common.federation import ClientData, Split
-from common.models import MultiTaskModel, build_encoder
+from common.models import MultiTaskModel, encoder_for
 from common.tasks import TaskSpec
 from common.weighting import EqualWeighting, Weighting, make_weighting
 
@@ -33,19 +38,35 @@ def build_model(
     input_shape: tuple[int, ...],
     *,
     global_heads: bool = False,
+    device: torch.device | str = "cpu",
 ) -> MultiTaskModel:
-    """The client's model. The encoder is built from the run seed (as on the server); heads
-    from (seed, task), so clients holding a task start from the same head."""
-    encoder = build_encoder(
-        cfg.architecture,
-        cfg.encoder,
-        input_shape,
-        cfg.hidden,
-        cfg.num_blocks,
-        cfg.num_experts,
-        cfg.seed,
-    )
-    return MultiTaskModel(encoder, tasks, seed=cfg.seed, global_heads=global_heads)
+    """The client's model, on `device`. The encoder is built from the run seed (as on the
+    server); heads from (seed, task), so clients holding a task start from the same head.
+    Weights are initialised on the CPU and then moved, so every device starts from the same
+    values."""
+    encoder = encoder_for(cfg, input_shape)
+    model = MultiTaskModel(encoder, tasks, seed=cfg.seed, global_heads=global_heads)
+    return model.to(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (the device its batches must go to)."""
+    return next(model.parameters()).device
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward, gradient × `scale` backward: fp16 loss scaling that leaves the loss
+    values the weighting method sees (and the logged losses) unscaled."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale.to(grad.dtype), None
 
 
 def build_weighting(
@@ -112,40 +133,73 @@ def train_epochs(
     grad_hook: Callable[[], None] | None = None,
     extra_params: Sequence[torch.Tensor] = (),
 ) -> TrainStats:
-    """Minibatch SGD on the model's trainable parameters for `epochs` epochs.
+    """Minibatch SGD on the model's trainable parameters for `epochs` epochs, on the model's
+    device (the split goes there once), under the run's `amp`.
 
     The weighting method decides the encoder's gradient (the parameters every task uses);
-    each head gets its own task's gradient. `grad_hook` runs after backward (proximal terms).
+    each head gets its own task's gradient. `grad_hook` runs after backward (proximal terms;
+    under fp16, on the unscaled gradients). Losses are summed on the device in float64, read
+    once per epoch: a read per step would wait for the GPU every step.
     """
+    device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     shared = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    x_all = torch.from_numpy(split.x)
-    y_all = {t: torch.from_numpy(split.y[t]) for t in model.tasks}
+    scaler = grad_scaler(cfg.amp, device)
+    x_all = torch.from_numpy(split.x).to(device)
+    y_all = {t: torch.from_numpy(split.y[t]).to(device) for t in model.tasks}
+    names = list(model.tasks)
     model.train()
-    totals = dict.fromkeys(model.tasks, 0.0)
+    totals = dict.fromkeys(names, 0.0)
     steps = 0
     for _ in range(epochs):
-        epoch = dict.fromkeys(model.tasks, 0.0)
+        summed = torch.zeros(len(names), dtype=torch.float64, device=device)
         batches = 0
-        for idx in torch.randperm(len(split), generator=generator).split(cfg.batch_size):
-            losses, extra = loss_fn(model, x_all[idx], {t: v[idx] for t, v in y_all.items()})
+        order = torch.randperm(len(split), generator=generator).to(device)
+        for idx in order.split(cfg.batch_size):
+            with autocast(cfg.amp, device):
+                losses, extra = loss_fn(model, x_all[idx], {t: v[idx] for t, v in y_all.items()})
             optimizer.zero_grad(set_to_none=True)
-            if extra is not None:
-                extra.backward()
-            weighting.backward(losses, shared)
-            if grad_hook is not None:
-                grad_hook()
-            optimizer.step()
-            for name, value in losses.items():
-                epoch[name] += float(value.detach())
+            if scaler is None:
+                if extra is not None:
+                    extra.backward()
+                weighting.backward(losses, shared)
+                if grad_hook is not None:
+                    grad_hook()
+                optimizer.step()
+            else:
+                scaled_step(scaler, optimizer, weighting, losses, extra, shared, grad_hook, device)
+            summed += torch.stack([losses[t].detach().float() for t in names]).double()
             batches += 1
-        means = {k: v / max(batches, 1) for k, v in epoch.items()}
+        means = {t: v / max(batches, 1) for t, v in zip(names, summed.tolist(), strict=True)}
         weighting.end_epoch(means)
         for k, v in means.items():
             totals[k] += v / epochs
         steps += batches
     return TrainStats(float(sum(totals.values())), totals, steps, len(split))
+
+
+def scaled_step(
+    scaler: torch.amp.GradScaler,
+    optimizer: torch.optim.Optimizer,
+    weighting: Weighting,
+    losses: dict[str, torch.Tensor],
+    extra: torch.Tensor | None,
+    shared: Sequence[torch.Tensor],
+    grad_hook: Callable[[], None] | None,
+    device: torch.device,
+) -> None:
+    """One fp16 step: gradients scaled through the losses (so the weighting method sees the
+    true loss values), unscaled before the hook, and the step skipped on inf/NaN."""
+    scale = scaler.scale(torch.ones((), device=device))
+    if extra is not None:
+        _ScaleGradient.apply(extra, scale).backward()
+    weighting.backward({t: _ScaleGradient.apply(v, scale) for t, v in losses.items()}, shared)
+    scaler.unscale_(optimizer)
+    if grad_hook is not None:
+        grad_hook()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def proximal_hook(
@@ -186,15 +240,24 @@ def fedrep_body_hook(
     return hook
 
 
+EVAL_CHUNK = 1024  # examples per forward pass in evaluation (memory, not results)
+
+
 @torch.no_grad()
 def evaluate(
     model: MultiTaskModel, split: Split, tasks: Sequence[TaskSpec]
 ) -> dict[str, dict[str, float]]:
-    """Per-task metrics and loss on a split."""
+    """Per-task metrics and loss on a split, in float32, on the model's device; the outputs
+    come back to the CPU, where the metrics and losses are computed."""
     model.eval()
     if len(split) == 0:
         return {}
-    out = model(torch.from_numpy(split.x))
+    device = model_device(model)
+    chunks = [
+        model(torch.from_numpy(split.x[i : i + EVAL_CHUNK]).to(device))
+        for i in range(0, len(split), EVAL_CHUNK)
+    ]
+    out = {t.name: torch.cat([c[t.name] for c in chunks]).cpu() for t in tasks}
     results = {}
     for t in tasks:
         y = split.y[t.name]

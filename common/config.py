@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +36,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
     "architecture": ("hps", "mmoe"),
-    "encoder": ("mlp", "cnn"),
+    "encoder": ("mlp", "cnn", "resnet"),
     "partitioner": ("iid", "dirichlet", "shards", "natural"),
     "privacy": ("none", "dp-sgd", "central-dp", "local-dp"),
     "cdp-clipping": ("fixed-server", "fixed-client", "adaptive-server", "adaptive-client"),
     "compression": ("none", "fp16", "int8"),
+    "amp": ("none", "bf16", "fp16"),
+    "tracking": ("none", "tensorboard", "mlflow"),
     "attack": (
         "none",
         "sign-flip",
@@ -86,7 +89,7 @@ class RunConfig:
     weighting: str = _key("ew")
     strategy: str = _key("fedavg")
     architecture: str = _key("hps", doc="mmoe: experts built like the `encoder`, a gate per task")
-    encoder: str = _key("mlp", doc="cnn: images (H, W) or (C, H, W)")
+    encoder: str = _key("mlp", doc="cnn, resnet (GroupNorm ResNet): images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)
     results_dir: str = _key("results")
     run_name: str = _key("", doc="results/<run-name>/; empty: derived from the config")
@@ -110,7 +113,11 @@ class RunConfig:
     lr: float = _key(0.05, low=0.0, low_open=True)
     momentum: float = _key(0.9, low=0.0, high=0.999)
     hidden: int = _key(64, low=1)
-    num_blocks: int = _key(2, low=1, doc="encoder blocks: Linear+ReLU (mlp), conv (cnn)")
+    num_blocks: int = _key(
+        2, low=1, doc="encoder blocks: Linear+ReLU (mlp), conv (cnn), stage (resnet)"
+    )
+    resnet_depth: int = _key(2, low=1, doc="resnet: residual blocks per stage")
+    resnet_width: int = _key(16, low=1, doc="resnet: channels of the first stage (x2 per stage)")
     num_experts: int = _key(4, low=1)
     dwa_temperature: float = _key(2.0, low=0.0, low_open=True, doc="DWA (Liu et al. 2019)")
     gradnorm_alpha: float = _key(1.5, low=0.0, doc="GradNorm asymmetry (Chen et al. 2018)")
@@ -187,7 +194,34 @@ class RunConfig:
         "history) go on with fresh state; false: it refuses and the run stops",
     )
     round_timeout: float = _key(600.0, low=0.0, low_open=True, doc="seconds to wait for replies")
+    grid_pull_interval: float = _key(
+        0.01,
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        doc="simulation: seconds between the ServerApp's looks for replies (Flower's "
+        "InMemoryGrid; its default 0.1 s adds half of that to every message wave); a "
+        "deployment's grid has its own",
+    )
     audit_received: bool = _key(False, doc="write received.jsonl: what the server got, per reply")
+    device: str = _key(
+        "auto", doc="where clients train: auto (CUDA when available), cpu, cuda, cuda:N, mps"
+    )
+    amp: str = _key("none", doc="mixed precision of the training step: bf16, fp16 (CUDA)")
+    tracking: str = _key(
+        "none", doc="also log metrics to tensorboard (<run>/tb) or mlflow (<run>/mlflow.db)"
+    )
+    piggyback_evaluation: bool = _key(
+        True,
+        doc="clients evaluate round r's model at the start of round r+1's training and send "
+        "the metrics with the training reply (one message wave per round; the last round, "
+        "sampled evaluations and SecAgg+ runs keep a separate wave); false: always separate",
+    )
+    data_cache_dir: str = _key(
+        "",
+        doc="clients keep their prepared data here (memory-mapped, checked); a node's "
+        "state-dir (node config) takes precedence; empty and no state-dir: no disk cache",
+    )
     synth_tasks: int = _key(4, low=2)
     synth_correlation: float = _key(0.5, low=0.0, high=1.0)
 
@@ -206,14 +240,21 @@ class RunConfig:
             "resume",
             "num-server-rounds",
             "round-timeout",
+            "grid-pull-interval",
             "audit-received",
+            "piggyback-evaluation",
+            "data-cache-dir",
             "eval-every",
             "fraction-evaluate",
             "state-dir",
             "resume-without-private-state",
+            "device",  # state is device-independent: a run may resume on another device
+            "tracking",
         )
         values = self.to_dict()
         skip = set(ignored) | inactive_method_keys(values)
+        if self.encoder != "resnet":
+            skip |= {"resnet-depth", "resnet-width"}
         d = {k: v for k, v in values.items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -304,6 +345,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         )
     check_strategy_fits(cfg, cfg.num_clients)
     check_privacy_fits(cfg)
+    check_device_fits(cfg)
     if cfg.weighting == "static":
         from common.datasets import dataset_tasks
 
@@ -397,6 +439,46 @@ def check_privacy_fits(cfg: RunConfig) -> None:
             f"algorithm '{cfg.algorithm}' is not supported under privacy 'dp-sgd' (its extra "
             "local training would run outside the accountant); valid under dp-sgd: "
             f"{list(DP_SGD_ALGORITHMS)}"
+        )
+
+
+# `device` values; whether the node has that device is checked where it trains
+# (`common.device.resolve_device`), since the server's machine may differ from a client's.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+# fp16's loss scaling multiplies every gradient by one factor: right for methods whose
+# gradient is a fixed combination of the task gradients, wrong for those that normalise,
+# project or learn from the gradients themselves.
+FP16_WEIGHTINGS = tuple(
+    n for n, w in WEIGHTINGS.items() if not (w.per_task_backward or w.own_parameters)
+)
+
+
+def check_device_fits(cfg: RunConfig) -> None:
+    """`device` is well-formed and `amp` fits it, the weighting and the privacy setting."""
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        raise ConfigError(
+            f"run config 'device' = '{cfg.device}' is not valid; valid: 'auto', 'cpu', "
+            "'cuda', 'cuda:N' (N a GPU index), 'mps'"
+        )
+    if cfg.amp == "none":
+        return
+    if cfg.privacy == "dp-sgd":
+        raise ConfigError(
+            f"run config 'amp' = '{cfg.amp}' cannot run under privacy 'dp-sgd': Opacus's "
+            "per-sample gradients and clipping are not verified under autocast; use amp = 'none'"
+        )
+    if cfg.amp == "fp16" and (cfg.device == "cpu" or cfg.device == "mps"):
+        raise ConfigError(
+            f"run config 'amp' = 'fp16' needs CUDA (a gradient scaler); device is "
+            f"'{cfg.device}': use amp = 'bf16' or 'none', or device = 'cuda'"
+        )
+    if cfg.amp == "bf16" and cfg.device == "mps":
+        raise ConfigError("run config 'amp' = 'bf16' is not supported on device 'mps'; use 'none'")
+    if cfg.amp == "fp16" and cfg.weighting not in FP16_WEIGHTINGS:
+        raise ConfigError(
+            f"run config 'amp' = 'fp16' scales the loss before backward, which weighting "
+            f"'{cfg.weighting}' (it works on the gradients themselves) does not undo; valid "
+            f"with fp16: {list(FP16_WEIGHTINGS)} (or amp = 'bf16', which needs no scaling)"
         )
 
 

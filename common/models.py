@@ -12,11 +12,15 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from common.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
 
 
 class MLPEncoder(nn.Module):
@@ -61,6 +65,133 @@ class CNNEncoder(nn.Module):
                 layers += [nn.Flatten(), nn.Linear(channels * height * width, hidden), nn.ReLU()]
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
+        self.image_shape = image_shape
+        self.output_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.image_shape)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with groups of at least one channel (at most 8 groups): per-example
+    statistics, so DP-SGD's per-sample gradients and FedAvg's averaging stay valid."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al. 2016): two 3×3 convolutions with GroupNorm and a
+    shortcut (a strided 1×1 convolution where the shape changes). The second norm's scale
+    starts at zero, so each block starts as the identity: without BatchNorm, this keeps the
+    early updates of a deep stack from blowing up (Goyal et al. 2017)."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, padding=1, bias=False)
+        self.norm1 = _norm(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False)
+        self.norm2 = _norm(channels_out)
+        nn.init.zeros_(self.norm2.weight)
+        self.shortcut = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), _norm(channels_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(h)) + self.shortcut(x))
+
+
+class GlobalAveragePool(nn.Module):
+    """(N, C, H, W) -> (N, C). A mean, not `AdaptiveAvgPool2d`, whose CUDA backward adds with
+    atomics and so refuses to run under `torch.use_deterministic_algorithms(True)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+class ResNetStage(nn.Module):
+    """One stage of the ResNet, the unit partial sharing counts (`encoder.blocks.<k>`): the
+    first stage starts with the stem (3×3 convolution, norm, ReLU), the last ends with global
+    average pooling and the dense projection to `hidden`."""
+
+    def __init__(
+        self,
+        channels_in: int,
+        channels_out: int,
+        depth: int,
+        stride: int,
+        *,
+        stem: bool,
+        hidden: int | None,
+    ) -> None:
+        super().__init__()
+        self.stem = (
+            nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+                _norm(channels_out),
+                nn.ReLU(),
+            )
+            if stem
+            else nn.Identity()
+        )
+        first_in = channels_out if stem else channels_in
+        self.units = nn.ModuleList(
+            BasicBlock(first_in if i == 0 else channels_out, channels_out, stride if i == 0 else 1)
+            for i in range(depth)
+        )
+        self.head = (
+            nn.Sequential(
+                GlobalAveragePool(),
+                nn.Linear(channels_out, hidden),
+                nn.ReLU(),
+            )
+            if hidden is not None
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for unit in self.units:
+            x = unit(x)
+        return self.head(x)
+
+
+class ResNetEncoder(nn.Module):
+    """A small ResNet for images: `num_blocks` stages of `depth` basic blocks with `width`,
+    2·`width`, 4·`width`, ... channels. Every stage after the first halves the resolution
+    (a strided first block) while both sides are at least 4, so small inputs (MultiDigits'
+    8×16) keep at least 2×2 positions; a CIFAR-style stem (no early downsampling) suits
+    inputs from 28×28 up to about 64×64. GroupNorm, never BatchNorm: DP-SGD and FedAvg break
+    on it."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        hidden: int,
+        num_blocks: int,
+        depth: int,
+        width: int,
+    ) -> None:
+        super().__init__()
+        channels, height, width_px = image_shape
+        stages = []
+        for k in range(num_blocks):
+            out = width * 2**k
+            stride = 2 if k > 0 and height >= 4 and width_px >= 4 else 1
+            if stride == 2:
+                height, width_px = (height + 1) // 2, (width_px + 1) // 2
+            last = k == num_blocks - 1
+            stages.append(
+                ResNetStage(
+                    channels, out, depth, stride, stem=k == 0, hidden=hidden if last else None
+                )
+            )
+            channels = out
+        self.blocks = nn.ModuleList(stages)
         self.image_shape = image_shape
         self.output_dim = hidden
 
@@ -165,24 +296,30 @@ def _seeded(seed: int, tag: str, factory: Callable[[], nn.Module]) -> nn.Module:
         torch.random.set_rng_state(state)
 
 
-def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+def image_shape(input_shape: tuple[int, ...], encoder: str = "cnn") -> tuple[int, int, int]:
     """(C, H, W) of image inputs given as (H, W) (one channel) or (C, H, W)."""
     if len(input_shape) == 2:
         return (1, input_shape[0], input_shape[1])
     if len(input_shape) == 3:
         return (input_shape[0], input_shape[1], input_shape[2])
     raise ValueError(
-        "run config 'encoder' = 'cnn' needs image inputs, (H, W) or (C, H, W); this "
+        f"run config 'encoder' = '{encoder}' needs image inputs, (H, W) or (C, H, W); this "
         f"dataset's inputs have shape {input_shape}; valid here: 'mlp'"
     )
 
 
 def _single_encoder(
-    encoder: str, input_shape: tuple[int, ...], hidden: int, num_blocks: int
+    encoder: str,
+    input_shape: tuple[int, ...],
+    hidden: int,
+    num_blocks: int,
+    resnet: tuple[int, int],
 ) -> nn.Module:
     """One encoder of kind `encoder` (a whole hps encoder, or one MMoE expert)."""
     if encoder == "cnn":
-        return CNNEncoder(image_shape(input_shape), hidden, num_blocks)
+        return CNNEncoder(image_shape(input_shape, encoder), hidden, num_blocks)
+    if encoder == "resnet":
+        return ResNetEncoder(image_shape(input_shape, encoder), hidden, num_blocks, *resnet)
     return MLPEncoder(math.prod(input_shape), hidden, num_blocks)
 
 
@@ -194,21 +331,37 @@ def build_encoder(
     num_blocks: int,
     num_experts: int,
     seed: int,
+    resnet: tuple[int, int] = (2, 16),
 ) -> nn.Module:
     """The encoder for a run; seeded so the server and a bare loop build identical weights.
-    `mmoe` builds `num_experts` encoders of kind `encoder` as its experts."""
+    `mmoe` builds `num_experts` encoders of kind `encoder` as its experts. `resnet` is
+    (`resnet-depth`, `resnet-width`)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if architecture == "mmoe":
             experts = [
-                _single_encoder(encoder, input_shape, hidden, num_blocks)
+                _single_encoder(encoder, input_shape, hidden, num_blocks, resnet)
                 for _ in range(num_experts)
             ]
             return MMoEEncoder(math.prod(input_shape), experts)
-        return _single_encoder(encoder, input_shape, hidden, num_blocks)
+        return _single_encoder(encoder, input_shape, hidden, num_blocks, resnet)
     finally:
         torch.random.set_rng_state(state)
+
+
+def encoder_for(cfg: RunConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    """The run's encoder, as the server, every client and the studies build it."""
+    return build_encoder(
+        cfg.architecture,
+        cfg.encoder,
+        input_shape,
+        cfg.hidden,
+        cfg.num_blocks,
+        cfg.num_experts,
+        cfg.seed,
+        (cfg.resnet_depth, cfg.resnet_width),
+    )
 
 
 def encoder_block_of(key: str) -> int | None:

@@ -6,9 +6,10 @@ learns the client ids, so noise drawn from a seeded stream could be regenerated 
 subtracted, and the ε guarantee would be void. DP code therefore draws from generators seeded
 with fresh entropy from the operating system, never from `seed`.
 
-`torch.Generator` and NumPy's global RNG are not cryptographic generators; seeded with 64 bits
-of OS entropy per client and round, their streams cannot be guessed from anything a party in
-the threat model knows (docs/SECURITY.md says what this does and does not cover).
+`torch.Generator` and NumPy's global RNG are not cryptographic generators; seeded with 63
+(torch) or 128 (NumPy) bits of OS entropy per client and round, their streams cannot be
+guessed from anything a party in the threat model knows (docs/SECURITY.md says what this
+does and does not cover).
 
 The run-config switch `dp-insecure-seeded-noise` (tests, exact replays) draws the same noise
 from the run seed instead; every round then warns that no ε guarantee holds.
@@ -74,9 +75,12 @@ def dp_noise_seed(cfg: RunConfig, client_id: int, server_round: int) -> int | No
     return cfg.seed * 7919 + client_id * 31 + server_round
 
 
-def noise_generator(seed: int | None) -> torch.Generator:
-    """The generator DP noise is drawn from: fresh OS entropy, or `seed` (see `dp_noise_seed`)."""
-    return fresh_generator() if seed is None else torch.Generator().manual_seed(seed)
+def noise_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator DP noise is drawn from, on the device the noise is added on (Opacus
+    draws with it there): fresh OS entropy, or `seed` (see `dp_noise_seed`)."""
+    if seed is None:
+        return fresh_generator(device)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 @contextmanager

@@ -15,6 +15,15 @@ from common.models import MultiTaskModel, shared_keys, task_keys
 # under the algorithms that federate them (each client returns only its own tasks' heads).
 ARRAYS = "arrays"
 TASK_ARRAYS = "task-arrays"
+# One message wave per round: a training message whose config names `EVALUATE_ROUND` asks
+# the client to evaluate the model it received (round r's) before training round r+1; the
+# reply carries that evaluation in two ConfigRecords (the evaluation reply's `metrics` and
+# `task-metrics`: a reply may hold only one MetricRecord).
+EVALUATE_ROUND = "evaluate-round"
+EVALUATION_METRICS = "evaluation-metrics"
+EVALUATION_TASKS = "evaluation-task-metrics"
+# Per-message timestamps from the ClientApp (Unix seconds), sent when the run audits replies.
+TIMING = "timing"
 
 
 def arrays_from_model(model: torch.nn.Module, keys: Iterable[str]) -> ArrayRecord:

@@ -6,8 +6,15 @@ Everything a multi-host deployment has, on loopback: TLS on the SuperLink (certi
 (partition, state dir), one FLWR_HOME per process, a log file per process, and every process
 stopped by PID / process group at the end. It exists to try a deployment end to end in a
 minute, to test one (tests/test_deploy.py), and as the single source of the SuperLink,
-SuperNode and SuperExec flags: `superlink_args`, `supernode_args` and `superexec_args` build
-every command line, and a test checks docker-compose.yml against them.
+SuperNode and SuperExec flags and environment: `superlink_args`, `supernode_args`,
+`superexec_args` and `superexec_env` build every command line, and a test checks
+docker-compose.yml against them.
+
+Flower's waits, as 1.42 lets a user set them (docs/DEPLOYMENT.md has the list): SuperExec's
+task poll (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`, 1 s by default) is set to `TASK_POLL_S`
+for every SuperExec, those Flower starts itself (subprocess isolation) included: they inherit
+the environment. The ServerApp's reply pulls are `server.metered_grid`'s own. An idle
+SuperNode's 3 s poll of the SuperLink has no setting.
 
     python -m deploy.local run --nodes 3 -c num-server-rounds=5   # up, run, summary, down
     python -m deploy.local up --nodes 3       # keep it up (Ctrl-C stops it); submit runs with
@@ -60,6 +67,9 @@ from deploy.runs import (
 )
 
 CONNECTION = "fedmtl-local"  # the connection name in this deployment's FLWR_HOME
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # read by flower-superexec at start
+TASK_POLL_S = 0.1  # seconds between a SuperExec's looks for work (Flower's default: 1 s)
+ISOLATIONS = ("subprocess", "process")
 
 
 # --- command lines: the one place that knows the flags (docker-compose.yml uses the same) ---
@@ -147,6 +157,12 @@ def superexec_args(*, runtime_api: str, root_certificates: str | None) -> list[s
     return [*_client_tls(root_certificates), "--runtime-api-address", runtime_api]
 
 
+def superexec_env(task_poll_interval: float | None = TASK_POLL_S) -> dict[str, str]:
+    """Environment of every SuperExec (and of the SuperLink and SuperNodes, which start
+    theirs in subprocess isolation); None keeps Flower's default."""
+    return {} if task_poll_interval is None else {TASK_POLL_ENV: f"{task_poll_interval:g}"}
+
+
 def _client_tls(ca_cert: str | None) -> list[str]:
     return ["--insecure"] if ca_cert is None else ["--root-certificates", ca_cert]
 
@@ -195,6 +211,10 @@ class LocalDeployment:
 
     TLS is the default: without `certs` a fresh CA and keys are made in the run dir.
     `insecure=True` (no TLS, no node authentication) must be asked for explicitly.
+    `isolation` is Flower's: `subprocess` (the SuperLink and each SuperNode start their own
+    SuperExec) or `process` (this class starts one SuperExec per SuperNode and one for the
+    ServerApp, as the compose file does). `task_poll_interval`: every SuperExec's (None:
+    Flower's default).
     """
 
     nodes: int
@@ -203,6 +223,8 @@ class LocalDeployment:
     insecure: bool = False
     state_dir: Path | None = None
     echo: bool = True
+    isolation: str = "subprocess"
+    task_poll_interval: float | None = TASK_POLL_S
     port: int = field(default=0, init=False)
     home: Path = field(init=False)  # the CLI's FLWR_HOME (its connection config)
     logs: Path = field(init=False)
@@ -214,6 +236,8 @@ class LocalDeployment:
             raise ValueError("a deployment needs at least one SuperNode")
         if self.insecure and self.certs is not None:
             raise ValueError("--insecure and certificates exclude each other")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation '{self.isolation}' is not one of {list(ISOLATIONS)}")
         self.run_dir = Path(self.run_dir).resolve()
         self.state_dir = Path(self.state_dir or self.run_dir / "state").resolve()
         self.home = self.run_dir / "flwr-home"
@@ -252,9 +276,13 @@ class LocalDeployment:
                 port=self.port,
                 tls=tls,
                 database=None,  # in memory: a fresh federation (and node list) every time
+                isolation=self.isolation,
             ),
         )
         self._wait_superlink(proc, timeout)
+        if self.isolation == "process":
+            runtime = superexec_args(runtime_api=self.address, root_certificates=self._ca())
+            self._spawn("superexec-serverapp", "flower-superexec", runtime)
         for i in range(self.nodes):
             if self.certs is not None:
                 self.register(self.certs.node_keys[i].with_suffix(".pub"), f"supernode-{i}")
@@ -265,8 +293,8 @@ class LocalDeployment:
         self._say(f"{self.nodes} SuperNodes online; logs in {self.logs}")
 
     def stop(self) -> None:
-        """SuperNodes first (no reconnect storm), then the SuperLink; by process group,
-        then by PID for whatever left the group. Idempotent."""
+        """SuperNodes (and SuperExecs) first (no reconnect storm), then the SuperLink; by
+        process group, then by PID for whatever left the group. Idempotent."""
         nodes = [p for name, p in self.procs.items() if name != "superlink"]
         with signals_held(), ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             list(pool.map(stop_tree, nodes))
@@ -309,18 +337,28 @@ class LocalDeployment:
         self, index: int, *, key: Path | None, num_partitions: int | None = None
     ) -> subprocess.Popen:
         """Start SuperNode `index` (partition `index` of `num_partitions`, default: the
-        deployment's size) with its own state dir, FLWR_HOME, Runtime API port and log."""
+        deployment's size) with its own state dir, FLWR_HOME, Runtime API port and log; in
+        process isolation also its ClientApp SuperExec (`superexec-<index>`)."""
         name = f"supernode-{index}"
         state = self.state_dir / name
         state.mkdir(parents=True, exist_ok=True)
+        port = free_port()
         args = supernode_args(
             superlink=self.address,
             node_config=node_config(index, num_partitions or self.nodes, state_dir=str(state)),
-            port=free_port(),
+            port=port,
             root_certificates=self._ca(),
             auth_key=None if key is None else str(key),
+            isolation=self.isolation,
         )
-        return self._spawn(name, "flower-supernode", args)
+        proc = self._spawn(name, "flower-supernode", args)
+        if self.isolation == "process":
+            # The node's Runtime API is plain HTTP on loopback, as in the compose network.
+            runtime = superexec_args(runtime_api=f"{LOOPBACK}:{port}", root_certificates=None)
+            if (old := self.procs.get(f"superexec-{index}")) is not None:
+                stop_tree(old)  # it served the node's previous Runtime API port
+            self._spawn(f"superexec-{index}", "flower-superexec", runtime)
+        return proc
 
     def online_nodes(self) -> int:
         out = self.flwr("supernode", "list", CONNECTION, "--format", "json")
@@ -380,7 +418,7 @@ class LocalDeployment:
             raise RuntimeError(f"{name} is already running")
         home = self.run_dir / "homes" / name  # a node's installed apps are its own
         home.mkdir(parents=True, exist_ok=True)
-        env = flower_env()
+        env = flower_env() | superexec_env(self.task_poll_interval)
         env["FLWR_HOME"] = str(home)
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 (closed in stop())
         self._logs.append(log)
@@ -457,6 +495,7 @@ def _deployment(args: argparse.Namespace) -> LocalDeployment:
         insecure=args.insecure,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         echo=not args.quiet,
+        isolation=args.isolation,
     )
 
 
@@ -504,8 +543,10 @@ def _commands(args: argparse.Namespace) -> int:
         tls = ServerTls(f"{certs}/ca.crt", f"{certs}/superlink.crt", f"{certs}/superlink.key")
     ca = None if tls is None else tls.ca_cert
     superlink = superlink_args(host="0.0.0.0", port=args.port, tls=tls, database=args.database)
+    # The SuperLink and the SuperNodes start their SuperExecs, which read this at start.
+    env = [f"{k}={v}" for k, v in superexec_env().items()]
     print(f"# SuperLink host: Fleet, Control and Runtime APIs on port {args.port}")
-    print(shlex.join(["flower-superlink", *superlink]))
+    print(shlex.join([*env, "flower-superlink", *superlink]))
     if not args.insecure:
         print("# once, from a machine with the flwr CLI and a connection to the SuperLink:")
         for i in range(n):
@@ -520,7 +561,7 @@ def _commands(args: argparse.Namespace) -> int:
             auth_key=None if args.insecure else f"{certs}/supernode-{i}.key",
         )
         print(f"# client host {i}")
-        print(shlex.join(["flower-supernode", *node]))
+        print(shlex.join([*env, "flower-supernode", *node]))
     return 0
 
 
@@ -550,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--run-dir", help="logs, FLWR_HOMEs, state (default .state/deploy/<time>)")
         p.add_argument("--state-dir", help="nodes' private state (default <run-dir>/state)")
+        p.add_argument(
+            "--isolation",
+            choices=ISOLATIONS,
+            default="subprocess",
+            help="Flower's isolation mode (process: one SuperExec per node, started here)",
+        )
         p.add_argument("--quiet", action="store_true")
         if name == "run":
             p.add_argument(

@@ -5,7 +5,7 @@
 
 Gradient-conflict methods are meant to help when tasks pull the shared encoder in different
 directions, i.e. at low task correlation ρ (`synth-correlation`). Every run is a real Flower
-simulation through one `SimulationEngine` (finished runs are resumed). The report,
+simulation through the kit's runner (finished runs are resumed). The report,
 `docs/WEIGHTING.md`, gives each task's final-round test metric (mean over the clients holding
 it) as mean ± std over seeds, and each method's difference to `ew` paired by seed; a method is
 called better or worse on a task only when the mean paired difference exceeds
@@ -15,25 +15,25 @@ called better or worse on a task only when the mean paired difference exceeds
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
-import json
-import os
-import platform
+import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from common.config import parse_run_config, same_training
-from common.datasets import dataset_tasks
-from common.federation import client_tasks, split_indices
-from deploy.runs import REPO
+from common.config import parse_run_config
+from common.federation import split_indices
+from deploy.runs import REPO, parse_overrides
 from deploy.simulation import SimulationEngine
+from experiments.kit import cli, plots
+from experiments.kit.cells import finished, read_record
+from experiments.kit.report import command, task_counts, training_text, write, written_by
+from experiments.kit.runner import Job, Timings, flower_run, run_jobs
+from experiments.kit.scores import final_metrics, task_delta_m
+from experiments.kit.stats import mean_std, paired, pm
+from experiments.kit.tables import md_header, md_row
 
 METHODS = ("ew", "pcgrad", "mgda", "cagrad")
 CORRELATIONS = (0.1,)
@@ -60,6 +60,13 @@ class StudySettings:
     plots: Path = REPO / "docs" / "weighting"
     command: str = "python -m experiments.weighting_study"
 
+    def cells(self) -> list[Cell]:
+        return [(r, m, s) for r in self.correlations for m in self.methods for s in self.seeds]
+
+
+Cell = tuple[float, str, int]  # (ρ, method, seed)
+Values = dict[Cell, dict[str, tuple[str, float]]]  # per cell: {task: (metric, final value)}
+
 
 def run_name(correlation: float, method: str, seed: int) -> str:
     return f"synthcorr-rho{correlation:g}-{method}-s{seed}"
@@ -76,35 +83,19 @@ def overrides(settings: StudySettings, correlation: float, method: str, seed: in
     }
 
 
-def final_metrics(summary: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    """Per task: (headline metric, final-round test value, mean over the clients)."""
-    out = {}
-    for task, metrics in summary["per_task"].items():
-        for name in ("accuracy", "mae"):
-            if f"test/{name}" in metrics:
-                out[task] = (name, float(metrics[f"test/{name}"]["mean"]))
-                break
-    return out
+def finished_summary(settings: StudySettings, cell: Cell) -> dict[str, Any] | None:
+    """The cell's summary when the cell is finished (the kit's rule), else None."""
+    cfg = parse_run_config(overrides(settings, *cell))
+    summary = read_record(Path(settings.results_dir) / cfg.name / "summary.json")
+    return summary if finished(summary, cfg) else None
 
 
-def run_one(engine: SimulationEngine, ov: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The run's summary, and whether it ran now: a completed run with the same config on
-    disk is reused."""
-    cfg = parse_run_config(ov)
-    path = Path(ov["results-dir"]) / cfg.name / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if (
-            summary.get("status") == "completed"
-            and same_training(summary["config"], cfg)
-            and summary.get("final_round") == cfg.num_server_rounds
-        ):
-            return summary, False
-    outcome = engine.run(ov, echo=False)
-    if not outcome.ok or outcome.summary is None:
-        err = (outcome.summary or {}).get("error", f"see {outcome.log_path}")
-        raise RuntimeError(f"{cfg.name} failed ({outcome.status}/{outcome.flower_status}): {err}")
-    return outcome.summary, True
+def job(settings: StudySettings, cell: Cell) -> Job:
+    def detail() -> str:
+        values = final_metrics(finished_summary(settings, cell) or {})
+        return "".join(f"{t} {v[1]:.3f} " for t, v in sorted(values.items()))
+
+    return Job(run_name(*cell), "flower", flower_run, (overrides(settings, *cell),), detail=detail)
 
 
 def paired_difference(
@@ -112,61 +103,56 @@ def paired_difference(
 ) -> dict[str, Any]:
     """Method − ew per seed. `verdict` is better/worse only when |mean| > SIGNIFICANCE_STDS
     std of the per-seed differences (sample std; needs ≥ 2 seeds), otherwise n.s."""
-    d = np.asarray(method, float) - np.asarray(ew, float)
-    mean = float(d.mean())
-    std = float(d.std(ddof=1)) if len(d) > 1 else None
+    diff = paired(method, ew).stat
+    std = diff.spread if diff.n > 1 else None
     verdict = "n.s."
-    if std is not None and abs(mean) > SIGNIFICANCE_STDS * std:
-        improved = mean > 0 if higher_is_better else mean < 0
+    if std is not None and abs(diff.mean) > SIGNIFICANCE_STDS * std:
+        improved = diff.mean > 0 if higher_is_better else diff.mean < 0
         verdict = "better" if improved else "worse"
-    return {"mean": mean, "std": std, "verdict": verdict, "n": len(d)}
+    return {"mean": diff.mean, "std": std, "verdict": verdict, "n": diff.n}
 
 
-def relative_delta(method: dict[str, float], ew: dict[str, float], metric: dict[str, str]) -> float:
-    """Δm (%) of a method against ew (LibMTL's convention, lower is better)."""
-    vals = [
-        (-1 if metric[t] == "accuracy" else 1) * (method[t] - ew[t]) / abs(ew[t]) * 100 for t in ew
-    ]
-    return float(np.mean(vals))
-
-
-def run_study(settings: StudySettings, engine: SimulationEngine | None = None) -> dict[str, Any]:
-    """Every (ρ, method, seed) run, then the report; returns the table's numbers."""
-    t0 = time.perf_counter()
-    grid = [
-        (r, m, s) for r in settings.correlations for m in settings.methods for s in settings.seeds
-    ]
-    values: dict[tuple[float, str, int], dict[str, tuple[str, float]]] = {}
-    run_seconds = 0.0
-    startup: list[float] = []  # per run executed now: its wall time outside the ServerApp
-    with contextlib.ExitStack() as stack:
-        if engine is None:
-            engine = stack.enter_context(SimulationEngine())
-        for i, (r, m, s) in enumerate(grid, 1):
-            tr = time.perf_counter()
-            summary, ran = run_one(engine, overrides(settings, r, m, s))
-            values[(r, m, s)] = final_metrics(summary)
-            server = float(summary.get("wall_time_s") or 0.0)
-            run_seconds += server
-            if ran:
-                startup.append(time.perf_counter() - tr - server)
-            done = time.perf_counter() - t0
-            print(
-                f"[{i}/{len(grid)}] ρ={r:g} {m} seed {s}: "
-                + ", ".join(f"{t} {v[1]:.3f}" for t, v in sorted(values[(r, m, s)].items()))
-                + f" ({time.perf_counter() - tr:.0f}s; "
-                f"eta {done / i * (len(grid) - i) / 60:.1f} min)",
-                flush=True,
-            )
-    wall = time.perf_counter() - t0
+def run_study(
+    settings: StudySettings, engine: SimulationEngine | None = None, *, report_only: bool = False
+) -> dict[str, Any]:
+    """Every (ρ, method, seed) run not finished yet, then the report from the runs on disk;
+    returns the table's numbers. With `report_only` nothing runs. A cell without a finished
+    run is an error: the table pairs every method with ew on every seed."""
+    cells = settings.cells()
+    if not report_only:
+        todo = [c for c in cells if finished_summary(settings, c) is None]
+        run_jobs(
+            "weighting",
+            [job(settings, c) for c in todo],
+            total=len(cells),
+            results_dir=Path(settings.results_dir).resolve(),
+            engine=engine,
+        )
+    summaries = {c: finished_summary(settings, c) for c in cells}
+    missing = [run_name(*c) for c, s in summaries.items() if s is None]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} cell(s) without a finished run under {settings.results_dir}: "
+            f"{', '.join(missing)} (see their flower.log)"
+        )
+    values = {c: final_metrics(s) for c, s in summaries.items() if s is not None}
     table = build_table(values, settings)
-    write_report(table, settings, wall, run_seconds, startup)
-    return {"values": values, "table": table, "wall_s": wall}
+    write_report(table, settings, _run_times(settings, summaries))
+    return {"values": values, "table": table}
 
 
-def build_table(
-    values: dict[tuple[float, str, int], dict[str, tuple[str, float]]], settings: StudySettings
-) -> dict[float, dict[str, Any]]:
+def _run_times(
+    settings: StudySettings, summaries: dict[Cell, dict[str, Any] | None]
+) -> tuple[float, list[float], float]:
+    """From the result files: the ServerApps' run time summed over the runs, each timed
+    run's time outside its ServerApp (Flower's start-up), and the invocations' wall time."""
+    timings = Timings(Path(settings.results_dir) / "timings.json")
+    server = {run_name(*c): float(s.get("wall_time_s") or 0.0) for c, s in summaries.items() if s}
+    startup = [timings.cells[n] - t for n, t in server.items() if n in timings.cells]
+    return sum(server.values()), startup, sum(i["wall_s"] for i in timings.ran())
+
+
+def build_table(values: Values, settings: StudySettings) -> dict[float, dict[str, Any]]:
     out: dict[float, dict[str, Any]] = {}
     seeds = list(settings.seeds)
     for r in settings.correlations:
@@ -186,7 +172,7 @@ def build_table(
         }
         dm = {
             m: [
-                relative_delta(
+                task_delta_m(
                     {t: per[m][t][i] for t in tasks}, {t: per["ew"][t][i] for t in tasks}, metric
                 )
                 for i in range(len(seeds))
@@ -198,39 +184,32 @@ def build_table(
 
 
 def _ms(v: Sequence[float], digits: int = 3) -> str:
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
+    return pm(mean_std(v), digits, bare_single=True)
 
 
 def write_report(
     table: dict[float, dict[str, Any]],
     settings: StudySettings,
-    wall_s: float,
-    run_seconds: float = 0.0,
-    startup_s: Sequence[float] = (),
+    times: tuple[float, Sequence[float], float] = (0.0, (), 0.0),
 ) -> None:
-    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    """docs/WEIGHTING.md and its plot. `times`: the runs' server-side seconds in all, each
+    timed run's start-up seconds, the grid's invocations' wall seconds (`_run_times`)."""
+    run_seconds, startup_s, invocations_s = times
     runs = len(table) * len(settings.methods) * len(settings.seeds)
     startup = (
-        f" (plus Flower's start-up, {np.mean(startup_s):.0f} s per run on average over the "
-        f"{len(startup_s)} run(s) made by this invocation)"
+        f" (plus Flower's start-up, {statistics.fmean(startup_s):.0f} s per run on average "
+        f"over the {len(startup_s)} timed run(s))"
         if startup_s
         else ""
     )
+    took = f"; the grid's invocations took {invocations_s / 60:.1f} min" if invocations_s else ""
     lines = [
         "# Loss weighting under federation: ew vs pcgrad, mgda, cagrad (SynthCorr)",
         "",
-        "Generated by `experiments/weighting_study.py`; reproduce with",
+        written_by(settings.command),
         "",
-        "```bash",
-        settings.command,
-        "```",
-        "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} (Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPU cores); {runs} Flower simulations: "
-        f"{run_seconds / 60:.0f} min of server-side run time in all{startup}; this invocation "
-        f"took {wall_s / 60:.1f} min (finished runs are resumed).",
+        f"{runs} Flower simulations: {run_seconds / 60:.0f} min of server-side run time in "
+        f"all{startup}{took} (finished runs are resumed).",
         "",
         "Settings: "
         + ", ".join(f"`{k}={v}`" for k, v in settings.base.items())
@@ -250,13 +229,7 @@ def write_report(
     for r, t in table.items():
         lines += [f"## ρ = {r:g}", ""]
         methods = list(settings.methods)
-        head = (
-            "| task | metric | "
-            + " | ".join(methods)
-            + " | "
-            + " | ".join(f"Δ {m} vs ew" for m in t["diffs"])
-        )
-        lines += [head + " |", "|" + " --- |" * (2 + len(methods) + len(t["diffs"]))]
+        lines += md_header("task", "metric", *methods, *(f"Δ {m} vs ew" for m in t["diffs"]))
         for task in t["tasks"]:
             cells = [_ms(t["values"][m][task]) for m in methods]
             ds = []
@@ -267,12 +240,11 @@ def write_report(
                 ds.append(f"{x['mean']:+.3f} ± {std} ({mark})")
                 if x["verdict"] != "n.s.":
                     verdicts.append(f"ρ={r:g}: {m} {x['verdict']} than ew on {task}")
-            lines.append(f"| {task} | {t['metric'][task]} | " + " | ".join(cells + ds) + " |")
+            lines.append(md_row(task, t["metric"][task], *cells, *ds))
         lines += [
             "",
-            "| Δm (%) vs ew | " + " | ".join(t["delta_m"]) + " |",
-            "|" + " --- |" * (1 + len(t["delta_m"])),
-            "| mean ± std | " + " | ".join(_ms(v, 2) for v in t["delta_m"].values()) + " |",
+            *md_header("Δm (%) vs ew", *t["delta_m"]),
+            md_row("mean ± std", *(_ms(v, 2) for v in t["delta_m"].values())),
             "",
         ]
     lines += ["## Verdict", ""]
@@ -298,25 +270,16 @@ def write_report(
         "std over seeds, drawn so that up is better).",
         "",
     ]
-    settings.out.write_text("\n".join(lines))
+    write(settings.out, "\n".join(lines))
     write_plot(table, settings)
 
 
 def _defaults_text(base: dict[str, Any]) -> str:
     """The defaults the study relies on, read from the resolved run config."""
     cfg = parse_run_config(base)
-    sizes = sorted(
-        {
-            len(client_tasks(cfg, dataset_tasks(cfg), c, cfg.num_clients))
-            for c in range(cfg.num_clients)
-        }
-    )
-    partition = f"{cfg.partitioner}" + (
-        f" α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else ""
-    )
+    sizes = task_counts(cfg)
     return (
-        f"partitioner {partition}, batch {cfg.batch_size}, lr {cfg.lr:g}, hidden {cfg.hidden}, "
-        f"the default {cfg.num_clients}-client task plan of "
+        f"{training_text(cfg)}, the default {cfg.num_clients}-client task plan of "
         f"{'–'.join(map(str, (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes))} tasks each; "
         f"`cagrad-c={cfg.cagrad_c:g}`, `mgda-normalize={cfg.mgda_normalize}`"
     )
@@ -347,12 +310,7 @@ def _train_share() -> float:
 def write_plot(table: dict[float, dict[str, Any]], settings: StudySettings) -> None:
     """Per ρ and task: each method's paired difference to ew (mean ± std over seeds), the
     quantity the verdict is about; sign flipped for MAE so that up is better everywhere."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings.plots.mkdir(parents=True, exist_ok=True)
+    plt = plots.pyplot()
     tasks = next(iter(table.values()))["tasks"]
     fig, axes = plt.subplots(
         len(table), len(tasks), figsize=(3.0 * len(tasks), 2.8 * len(table)), squeeze=False
@@ -369,19 +327,15 @@ def write_plot(table: dict[float, dict[str, Any]], settings: StudySettings) -> N
             better = "accuracy gain" if sign > 0 else "MAE reduction"
             ax.set_title(f"ρ={r:g} {task}: {better} vs ew", fontsize=8)
             ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(settings.plots / "final_metrics.png", dpi=100)
-    plt.close(fig)
+    plots.save(fig, settings.plots / "final_metrics.png", dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploy.runs import parse_overrides
-
+    cli.stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_study_options(parser, seeds=SEEDS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--correlations", nargs="+", type=float, default=list(CORRELATIONS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("-c", "--run-config", action="append", default=[])
     parser.add_argument("--results-dir", type=Path, default=StudySettings.results_dir)
     parser.add_argument("--out", type=Path, default=StudySettings.out)
     parser.add_argument("--plots", type=Path, default=StudySettings.plots)
@@ -397,10 +351,19 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         out=args.out,
         plots=args.plots,
-        command=" ".join(["python -m experiments.weighting_study", *given]),
+        command=command("experiments.weighting_study", given),
     )
-    out = run_study(settings)
-    print(f"wrote {settings.out} ({out['wall_s'] / 60:.1f} min)")
+    if args.dry_run:
+        return cli.dry_run(
+            ("flower", run_name(*c), finished_summary(settings, c) is not None)
+            for c in settings.cells()
+        )
+    try:
+        run_study(settings, report_only=args.report_only)
+    except RuntimeError as err:
+        print(f"weighting: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {settings.out}")
     return 0
 
 

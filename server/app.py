@@ -4,6 +4,7 @@ the rounds, write the results. A failed run still writes summary.json with statu
 from __future__ import annotations
 
 import random
+import sys
 import traceback
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -16,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.algorithms import get_algorithm
 from common.config import RunConfig, parse_run_config
 from common.datasets import input_shape
-from common.models import MultiTaskModel, build_encoder, count_parameters
+from common.models import MultiTaskModel, count_parameters, encoder_for
 from common.records import arrays_from_model, model_shared_keys
 from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
 from server.metered_grid import MeteredGrid
@@ -32,16 +33,24 @@ app = ServerApp()
 
 def initial_model(cfg: RunConfig) -> MultiTaskModel:
     """The encoder as the server knows it (no heads: the server never sees any)."""
-    shape = input_shape(cfg)
-    encoder = build_encoder(
-        cfg.architecture, cfg.encoder, shape, cfg.hidden, cfg.num_blocks, cfg.num_experts, cfg.seed
-    )
-    return MultiTaskModel(encoder, [], seed=cfg.seed)
+    return MultiTaskModel(encoder_for(cfg, input_shape(cfg)), [], seed=cfg.seed)
+
+
+def tune_grid(grid: Grid, cfg: RunConfig) -> None:
+    """In a simulation the grid is Flower's InMemoryGrid, which looks for replies every
+    `pull_interval` seconds (0.1 by default: on average 0.05 s added to every message wave,
+    the same order as a warm round of a small model); `grid-pull-interval` sets it. A
+    deployment's grid is left as it is. (An InMemoryGrid exists only where its module is
+    loaded: looked up there, so a deployment's ServerApp does not import the SuperLink.)"""
+    grids = sys.modules.get("flwr.superlink.grid")
+    if grids is not None and isinstance(grid, grids.InMemoryGrid):
+        grid.pull_interval = cfg.grid_pull_interval
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
+    tune_grid(grid, cfg)
     random.seed(cfg.seed)  # Flower's node sampling uses Python's global RNG
     torch.manual_seed(cfg.seed)
     out = Path(cfg.results_dir) / cfg.name
@@ -65,7 +74,7 @@ def main(grid: Grid, context: Context) -> None:
         metered = MeteredGrid(grid, str(audit) if cfg.audit_received else None)
         secagg = SecAggTrainer(metered, context, cfg) if cfg.secagg else None
         accountant = accountant_of(secagg.dp_strategy if secagg else strategy)
-        start, trained_clients = 1, []
+        start, trained_clients, pending = 1, [], None
         if cfg.resume:
             ckpt = load_checkpoint(out / "checkpoints", cfg.digest())
             if ckpt is None:
@@ -74,10 +83,13 @@ def main(grid: Grid, context: Context) -> None:
                 arrays, start = ckpt.arrays, ckpt.round + 1
                 restore_strategy(strategy, ckpt, accountant)
                 trained_clients = ckpt.trained_clients
+                pending = ckpt.pending
                 log(INFO, "fedmtl | resuming after round %d from %s", ckpt.round, ckpt.path)
         else:
             clear_checkpoints(out / "checkpoints")
         results.keep_rounds_until(start - 1)
+        if pending is not None and any(r["round"] == pending["round"] for r in results.rounds):
+            pending = None  # its line was written (the next round's replies came) before the stop
         run_rounds(
             metered,
             strategy,
@@ -87,6 +99,7 @@ def main(grid: Grid, context: Context) -> None:
             start_round=start,
             secagg=secagg,
             trained_clients=trained_clients,
+            pending=pending,
         )
     except Exception as err:
         log(ERROR, "fedmtl | run failed: %s", err)

@@ -1,7 +1,9 @@
 """Server checkpoints: after every round, the shared arrays, the strategy's own state (e.g.
 FedAdam's moments, FedAvgM's momentum, the task-aware heads), the central-DP accountant's
 history (so ε continues where it was), the clients that have trained (so a client that lost
-its private state is noticed), the round and a hash of the run config, in one file written
+its private state is noticed), the round's metrics line when it still waits for its
+evaluation (`server.rounds`: the next round's training wave brings it), the round and a
+hash of the run config, in one file written
 atomically with one checksum over all of it. The last two are kept, so a corrupt or
 truncated newest file falls back to the previous good one."""
 
@@ -26,6 +28,7 @@ from common.storage import atomic_write_bytes
 KEEP = 2
 ACCOUNTANT = "privacy::accountant"  # JSON of the RDP accountant's state_dict, as bytes
 TRAINED = "clients::trained"  # JSON list of the client ids that have trained, as bytes
+PENDING = "rounds::pending"  # JSON of the round's metrics line awaiting its evaluation
 
 
 class CheckpointError(RuntimeError):
@@ -41,6 +44,7 @@ class Checkpoint:
     path: Path
     accountant: dict | None = None
     trained_clients: list[str] = field(default_factory=list)
+    pending: dict | None = None  # this round's metrics line, not yet written (no evaluation)
 
 
 def strategy_state(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
@@ -121,14 +125,18 @@ def save_checkpoint(
     *,
     accountant: Any = None,
     trained_clients: Iterable[str] = (),
+    pending: dict | None = None,
 ) -> Path:
     """Write round `rnd`'s checkpoint; `accountant` is the central-DP accountant that
-    composed this run's releases, `trained_clients` the clients that have trained so far."""
+    composed this run's releases, `trained_clients` the clients that have trained so far,
+    `pending` round `rnd`'s metrics line while it waits for its evaluation."""
     payload = {f"shared::{k}": np.asarray(v.numpy()) for k, v in arrays.items()}
     payload |= {f"strategy::{k}": v for k, v in strategy_state(strategy).items()}
     payload[TRAINED] = _json_bytes(sorted(set(trained_clients), key=int))
     if accountant is not None:
         payload[ACCOUNTANT] = _json_bytes(accountant.state_dict())
+    if pending is not None:
+        payload[PENDING] = _json_bytes(pending)
     meta = {
         "round": rnd,
         "digest": digest,
@@ -192,7 +200,10 @@ def _read(path: Path) -> Checkpoint:
     state = {k[len("strategy::") :]: v for k, v in payload.items() if k.startswith("strategy::")}
     accountant = _from_json_bytes(payload[ACCOUNTANT]) if ACCOUNTANT in payload else None
     trained = _from_json_bytes(payload[TRAINED]) if TRAINED in payload else []
-    return Checkpoint(meta["round"], meta["digest"], arrays, state, path, accountant, trained)
+    pending = _from_json_bytes(payload[PENDING]) if PENDING in payload else None
+    return Checkpoint(
+        meta["round"], meta["digest"], arrays, state, path, accountant, trained, pending
+    )
 
 
 def _json_bytes(obj: Any) -> np.ndarray:

@@ -1,10 +1,17 @@
 """A Grid wrapper that measures what actually crosses the wire and, on request, records
 what the ServerApp receives (for audits and tests: e.g. that no head and, under secure
-aggregation, no individual encoder update ever reaches the server)."""
+aggregation, no individual encoder update ever reaches the server), with the time each reply
+was pulled.
+
+It also waits for replies itself: Flower's deployment grid (`HttpGrid.send_and_receive`)
+sleeps 3 s between pulls, a fixed cost on every message wave; this one pulls every
+`pull_interval` seconds (0.1 s, as Flower's in-memory grid does) through the grid's own
+`push_messages` / `pull_messages`."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,25 +21,38 @@ from flwr.serverapp import Grid
 from common.records import payload_bytes
 from server.validation import client_of
 
+PULL_INTERVAL = 0.1  # seconds between pulls while replies are outstanding
+
 
 class MeteredGrid(Grid):
-    def __init__(self, inner: Grid, audit_path: str | None = None) -> None:
+    def __init__(
+        self, inner: Grid, audit_path: str | None = None, pull_interval: float = PULL_INTERVAL
+    ) -> None:
         self.inner = inner
         self.audit_path = audit_path
+        self.pull_interval = pull_interval
         self.round = 0
         self.bytes_down = 0
         self.bytes_up = 0
 
-    # Counting and auditing happen here; everything else is the wrapped grid's.
+    # Counting, auditing and waiting happen here; everything else is the wrapped grid's.
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        messages = list(messages)
-        self.bytes_down += sum(payload_bytes(m.content) for m in messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
-        if self.audit_path:
-            self._audit(replies)
+        """Push, then pull until every reply is in or `timeout` seconds have passed (the
+        contract of `Grid.send_and_receive`)."""
+        outstanding = {i for i in self.push_messages(messages) if i}  # failed pushes: None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while outstanding:
+            got = list(self.pull_messages(outstanding))
+            if self.audit_path:
+                self._audit(got)
+            replies += got
+            outstanding -= {m.metadata.reply_to_message_id for m in got}
+            if not outstanding or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.pull_interval)
         return replies
 
     def take_counts(self) -> tuple[int, int]:
@@ -42,6 +62,7 @@ class MeteredGrid(Grid):
         return counts
 
     def _audit(self, replies: list[Message]) -> None:
+        pulled = time.time()
         with open(self.audit_path, "a", encoding="utf-8") as f:
             for m in replies:
                 entry: dict[str, Any] = {
@@ -49,6 +70,7 @@ class MeteredGrid(Grid):
                     "phase": m.metadata.message_type,
                     "node": m.metadata.src_node_id,
                     "client": client_of(m),
+                    "pulled": pulled,
                 }
                 if not m.has_error():
                     entry["records"] = sorted(m.content.array_records.keys())

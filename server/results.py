@@ -1,5 +1,6 @@
 """Everything a run writes under `results/<run-name>/`: metrics.jsonl (a line per round),
-the aggregated shared arrays (every round), summary.json and plots (at the end)."""
+the aggregated shared arrays (every round), summary.json and plots (at the end), and, with
+run config `tracking`, the same rounds and summary for TensorBoard or MLflow."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from common.storage import append_jsonl, atomic_write_arrays, atomic_write_bytes, atomic_write_json
+from server.tracking import Tracker, open_tracker, round_scalars, summary_scalars
 
 LAST_K = 5
 
@@ -24,18 +26,24 @@ class RunResults:
         self.rounds: list[dict[str, Any]] = []
         self.started = time.time()
         self.stopped_early: str | None = None
+        self.tracker: Tracker | None = None
         self._previous = read_metrics(self.metrics_path) if self.metrics_path.exists() else []
         self.metrics_path.unlink(missing_ok=True)
         (self.dir / "summary.json").unlink(missing_ok=True)
         atomic_write_json(self.dir / "config.json", config)
 
     def keep_rounds_until(self, last_round: int) -> None:
-        """On resume: keep the metrics of rounds up to the checkpoint, drop later ones (a
-        crash may have logged a round whose checkpoint was never written)."""
+        """Start the run's records at `last_round` (0: a new run). On resume: keep the metrics
+        of rounds up to the checkpoint, drop later ones (a crash may have logged a round whose
+        checkpoint was never written). The tracker, if any, opens here, before training, so a
+        missing package fails the run at its start."""
         self.rounds = [r for r in self._previous if r["round"] <= last_round]
         atomic_write_bytes(
             self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rounds).encode()
         )
+        kind = self.config.get("tracking", "none")
+        if kind != "none":
+            self.tracker = open_tracker(kind, self.dir, self.config, resume=last_round > 0)
 
     @property
     def metrics_path(self) -> Path:
@@ -44,6 +52,8 @@ class RunResults:
     def log_round(self, row: dict[str, Any]) -> None:
         self.rounds.append(row)
         append_jsonl(self.metrics_path, row)
+        if self.tracker is not None:
+            self.tracker.log_round(int(row["round"]), round_scalars(row))
 
     def save_arrays(self, arrays: ArrayRecord, name: str = "shared_arrays.npz") -> None:
         atomic_write_arrays(self.dir / name, {k: np.asarray(v.numpy()) for k, v in arrays.items()})
@@ -59,6 +69,9 @@ class RunResults:
             summary["error"] = error
         summary.update(extra or {})
         atomic_write_json(self.dir / "summary.json", summary)
+        if self.tracker is not None:
+            self.tracker.finish(summary, summary_scalars(summary))
+            self.tracker = None
         if any(r.get("per_task") for r in self.rounds):
             plot_per_task(
                 self.rounds, self.dir / "per_task.png", title=self.config.get("run-name", "")

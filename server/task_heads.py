@@ -23,7 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from common.algorithms import get_algorithm
 from common.config import RunConfig
 from common.datasets import input_shape, task_specs
-from common.models import MultiTaskModel, build_encoder, task_of
+from common.models import MultiTaskModel, encoder_for, task_of
 from common.records import TASK_ARRAYS, arrays_from_model, model_task_keys
 from common.tasks import TaskSpec
 
@@ -43,15 +43,7 @@ def initial_task_arrays(cfg: RunConfig) -> ArrayRecord:
     algorithm = get_algorithm(cfg.algorithm)
     if not (algorithm.share_heads or algorithm.global_heads):
         return ArrayRecord()
-    encoder = build_encoder(
-        cfg.architecture,
-        cfg.encoder,
-        input_shape(cfg),
-        cfg.hidden,
-        cfg.num_blocks,
-        cfg.num_experts,
-        cfg.seed,
-    )
+    encoder = encoder_for(cfg, input_shape(cfg))
     model = MultiTaskModel(
         encoder, dataset_task_specs(cfg), seed=cfg.seed, global_heads=algorithm.global_heads
     )

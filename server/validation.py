@@ -140,13 +140,16 @@ def metrics_problem(metrics: Any, keys: Sequence[str]) -> str | None:
     return None
 
 
-def weight_problem(metrics: Any) -> str | None:
-    """The aggregation weight must be a finite number > 0."""
+def weight_problem(metrics: Any, equal_weights: bool = False) -> str | None:
+    """The aggregation weight must be a finite number > 0; exactly 1 where every client
+    must weigh the same (central DP's noise and accounting assume it)."""
     weight = metrics.get("num-examples")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         return f"num-examples is {weight!r}, not a number"
     if not np.isfinite(weight) or weight <= 0:
         return f"num-examples is {weight}, not a finite number > 0"
+    if equal_weights and weight != 1:
+        return f"num-examples is {weight:g}; central DP weighs every client 1"
     return None
 
 
@@ -301,8 +304,10 @@ class ReplyValidator:
         *,
         max_update_ratio: float = 0.0,
         train_metrics: Sequence[str] = TRAIN_METRICS,
+        equal_weights: bool = False,
     ) -> None:
         self.tasks = list(tasks)
+        self.equal_weights = equal_weights
         self.layout = heads if heads is not None else ArrayRecord()
         self.ratio = max_update_ratio
         self.train_metrics = tuple(train_metrics)
@@ -322,6 +327,7 @@ class ReplyValidator:
             initial_task_arrays(cfg),
             max_update_ratio=cfg.max_update_ratio,
             train_metrics=TRAIN_METRICS + ((KEY_NORM_BIT,) if adaptive else ()),
+            equal_weights=cfg.privacy == "central-dp",
         )
 
     def check_train(
@@ -362,7 +368,7 @@ class ReplyValidator:
         record = content.config_records[TASK_RECORD]
         return (
             metrics_problem(metrics, self.train_metrics)
-            or weight_problem(metrics)
+            or weight_problem(metrics, self.equal_weights)
             or identity_problem(record, self.tasks)
             or arrays_problem(content.array_records.get(ARRAYS), sent)
             or heads_problem(content.array_records.get(TASK_ARRAYS), tasks_of(msg), self.layout)

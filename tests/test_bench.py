@@ -3,11 +3,13 @@ Nothing here is timed against a limit; the benchmark itself is `python -m experi
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from flwr.app import Array
 
 from deploy.simulation import federation_config
 from experiments.bench import aggregation, communication, overhead, report
+from experiments.bench import text as bench_text
 from experiments.bench.flower import (
     AppRun,
+    EngineSampler,
     Submission,
     stop_after_round,
 )
@@ -301,7 +305,7 @@ def test_report_prose_follows_the_measurements_and_the_config() -> None:
     )
     assert "All 4 nodes start their processes at once on 16 cores" in text
     assert "(flwr 9.9 source)" in text
-    facts = report.flower_facts()
+    facts = bench_text.flower_facts()
     assert f"wakes every {facts['vce_tick_s']:g} s" in text
     assert f"an idle SuperNode polls every {facts['supernode_idle_poll_s']:g} s" in text
     assert f"sleeps {facts['http_grid_pull_s']:g} s between pulls" in text
@@ -309,21 +313,76 @@ def test_report_prose_follows_the_measurements_and_the_config() -> None:
         assert stale not in text, stale
 
 
+def test_report_states_cold_and_warm_runs_the_ray_saving_the_pfl_workload_and_flowers_waits():
+    """The overhead section's new parts follow the measurements: what the engine's start
+    and stop cost the cold run only, where the start-up goes, what the warm Ray head saves,
+    the PFLlib-style workload against its plain loop, and what is left of Flower's waits once
+    the grid pulls often (with the tick read from the installed Flower)."""
+    sections = _full_sections()
+    ov = sections["overhead"]
+    run = {**ov["flower"]["8-actors"], "federation": "num-supernodes=5"}
+    ov["flower"] = {"cold": run, "warm": {**run, "wall_s": 17.0}}
+    ov["ratios"] = {"cold": {"total_s": 26.5}, "warm": {"total_s": 17.0}}
+    ov["engine_start_s"], ov["engine_stop_s"] = 4.5, 2.0
+    split = {
+        "submit_to_simulation_s": 1.5,
+        "simulation_to_serverapp_s": 2.5,
+        "round1_extra_s": 6.5,
+        "serverapp_outside_rounds_s": 0.3,
+        "last_round_to_exit_s": 1.25,
+    }
+    ov["startup"] = {"cold": split, "warm": split}
+    ov["ray_head_saving_s"] = 3.75
+    slow = {**ov["probe"]["2-actors"], "pull_interval_s": 0.1}
+    fast = {**slow, "pull_interval_s": 0.01, "wave_median_s": {"1": 0.0625, "50": 0.1875}}
+    ov["probe"] = {"2-actors": slow, "2-actors-pull-0.01": fast}
+    pfl_run = {"wall_s": 30.0, "round1_s": 9.0, "warm_round_median_s": 0.105}
+    pfl_run["warm_rounds_sum_s"] = 21.0
+    ov["pfl"] = {
+        "overrides": {"num-clients": 9, "num-server-rounds": 150, "lr": 0.02, "batch-size": 7},
+        "bare_walls_s": [12.0, 14.0],
+        "bare_round_median_s": 0.055,
+        "engine_start_s": 5.0,
+        "engine_stop_s": 1.5,
+        "cold": pfl_run,
+        "warm": {**pfl_run, "wall_s": 28.0},
+        "cold_total_s": 36.5,
+        "cold_ratio": 36.5 / 13,
+        "cold_ratio_range": [36.5 / 14, 36.5 / 12],
+        "warm_ratio": 28 / 13,
+        "warm_ratio_range": [2.0, 28 / 12],
+    }
+    text = report.render(sections, {"cores": 16, "flwr": "9.9"})
+    assert "| Flower, cold | 26.5 |" in text and "| Flower, warm | 17.0 |" in text
+    assert "| cold | 4.5 | 1.5 | 2.5 | 6.5 | 0.3 | 1.2 | 2.0 |" in text
+    assert "| warm | – | 1.5 | 2.5 | 6.5 | 0.3 | 1.2 | – |" in text
+    assert "warm, same config): 3.8 s." in text
+    assert "### PFLlib-style workload (9 clients, multidigits, lr 0.02, 3 local epochs" in text
+    assert "batch 7, 150 rounds" in text and "5.0 + 30.0 + 1.5 s" in text
+    assert "| fedmtl, cold | 36.5 | 9.0 | 0.105 | 21.0 | 2.81× (2.61–3.04) |" in text
+    assert "| fedmtl, warm | 28.0 |" in text and "| plain in-process loop | 12.0, 14.0 |" in text
+    tick = report.flower_facts()["vce_tick_s"]
+    assert "every 0.10 s (Flower's default) a wave of 1–2 messages takes 0.100 s" in text
+    assert "every 0.01 s (`grid-pull-interval`, fedmtl's default) 0.062 s" in text
+    assert "a wave of 50 0.188 s against 0.300 s" in text
+    assert f"takes new messages every {tick:g} s" in text
+
+
 def test_flowers_intervals_are_found_in_the_installed_flower() -> None:
     """The report explains timings with intervals read from Flower's source; if an upgrade
     moves one, this fails instead of the report printing '?' or a stale number."""
-    facts = report.flower_facts()
-    assert set(facts) == set(report.FLOWER_FACTS)
+    facts = bench_text.flower_facts()
+    assert set(facts) == set(bench_text.FLOWER_FACTS)
     missing = [name for name, value in facts.items() if value is None or value <= 0]
     assert not missing, f"not found in the installed flwr: {missing} (update FLOWER_FACTS)"
 
 
 def test_report_formats_missing_numbers_as_a_dash() -> None:
-    assert report.fmt(float("nan")) == "–"
-    assert report.fmt(None) == "–"
-    assert report.fmt(1234567) == "1,234,567"
-    assert report.fmt(0.12345, 3, "×") == "0.123×"
-    assert report.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |", ""]
+    assert bench_text.fmt(float("nan")) == "–"
+    assert bench_text.fmt(None) == "–"
+    assert bench_text.fmt(1234567) == "1,234,567"
+    assert bench_text.fmt(0.12345, 3, "×") == "0.123×"
+    assert bench_text.table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |", ""]
 
 
 def test_plots_are_written_from_measurements(tmp_path: Path) -> None:
@@ -409,6 +468,30 @@ def test_sampler_keeps_track_of_reparented_processes_and_ends_them() -> None:
     assert orphan not in process_table() or process_table()[orphan][1] != sampler.tracked[orphan]
 
 
+def test_engine_sampler_follows_the_ray_head_tree_as_well_as_the_superlinks() -> None:
+    """With a Ray head of the engine's own, the actors run below the head, not below the
+    SuperLink: the memory sampled (and the leftovers ended) must cover both trees."""
+    superlink = subprocess.Popen(["bash", "-c", "sleep 30 & wait"])
+    head = subprocess.Popen(["bash", "-c", "sleep 30 & wait"])
+    engine = SimpleNamespace(superlink=superlink, cluster=SimpleNamespace(pids=lambda: [head.pid]))
+    try:
+        sampler = EngineSampler(engine, interval=0.1)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sampler.sample()
+            below = descendants(superlink.pid) | descendants(head.pid)
+            if len(below) >= 2 and below <= set(sampler.tracked):
+                break
+            time.sleep(0.1)
+        assert {superlink.pid, head.pid} | below <= set(sampler.tracked)
+        assert sampler.peak_rss > 0
+    finally:
+        for proc in (superlink, head):
+            proc.kill()
+            proc.wait()
+        sampler.kill_leftovers(grace=2.0)  # the sleeps outlive their bash
+
+
 # --- the Flower runner's bookkeeping ---
 
 
@@ -456,6 +539,25 @@ def test_breakdown_splits_a_run_from_its_log_and_metrics() -> None:
     assert b["last_round_to_exit_s"] == pytest.approx(36.0 - 32.2)
 
 
+def test_startup_split_adds_up_to_the_time_outside_warm_rounds() -> None:
+    lines = [(2.0, "INFO :      Starting Flower Simulation"), *_lines()]
+    sub = Submission("42", 36.0, "finished:completed", lines)
+    rows = [
+        {"round": 1, "seconds": 24.0, "train_seconds": 23.5},
+        {"round": 2, "seconds": 0.8, "train_seconds": 0.6},
+        {"round": 3, "seconds": 1.5, "train_seconds": 0.7},
+    ]
+    run = AppRun("x", {}, "fed", sub, Path("/tmp/x"), rows, {"status": "completed"})
+    b = overhead.breakdown(run)
+    split = overhead.startup_split(b)
+    assert split["submit_to_simulation_s"] == 2.0
+    assert split["simulation_to_serverapp_s"] == pytest.approx(6.0 - 2.0)
+    assert split["round1_extra_s"] == pytest.approx(24.0 - 1.15)
+    # With round 1 at a warm round's time and the warm rounds, the parts are the wall time.
+    parts = sum(split.values()) + b["warm_round_median_s"] + b["warm_rounds_sum_s"]
+    assert parts == pytest.approx(b["wall_s"])
+
+
 def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_tasks() -> None:
     rows = [
         {"round": 1, "clients": 6, "bytes_up": 600, "bytes_down": 600},
@@ -471,7 +573,9 @@ def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_t
             "sum": {"test/mae": {"mean": 1.5}},
         }
     }
-    assert communication.mean_accuracy(summary) == pytest.approx(0.8)
+    from experiments.kit.scores import mean_classification_accuracy
+
+    assert mean_classification_accuracy(summary) == pytest.approx(0.8)
 
 
 def test_bare_profile_times_every_round_of_the_real_loop() -> None:
@@ -486,21 +590,61 @@ def test_bare_profile_times_every_round_of_the_real_loop() -> None:
 
 
 def test_patched_app_copy_keeps_the_tree_untouched(tmp_path: Path) -> None:
+    """The `before` variant runs a copy patched back to the old behaviour; the lines it
+    patches must exist, and the tree stays as it is."""
     from deploy.runs import REPO
     from experiments.bench import deployment
 
-    original = (REPO / "server" / "metered_grid.py").read_text()
+    originals = {name: (REPO / name).read_text() for name, _, _ in deployment.BEFORE_PATCHES}
     app = deployment.patched_app(tmp_path / "app")
-    assert app is not None, (
-        "server/metered_grid.py no longer contains deployment.GRID_ANCHOR: the bench's "
-        "polling variant cannot be built; update the anchor in experiments/bench/deployment.py"
-    )
-    patched = (app / "server" / "metered_grid.py").read_text()
-    assert deployment.GRID_PATCH in patched and "_send_and_receive_polling" in patched
-    compile(patched, "metered_grid.py", "exec")
-    assert (REPO / "server" / "metered_grid.py").read_text() == original
+    assert not isinstance(app, str), f"{app}: update BEFORE_PATCHES in bench/deployment.py"
+    for name, line, patched in deployment.BEFORE_PATCHES:
+        text = (app / name).read_text()
+        assert patched in text and line not in text
+        compile(text, name, "exec")
+        assert (REPO / name).read_text() == originals[name]
     assert not (app / ".venv").exists() and (app / "pyproject.toml").exists()
     assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]
+
+
+def test_message_stages_split_each_message_at_the_clientapps_timestamps(tmp_path: Path) -> None:
+    from experiments.bench.deployment import message_stages
+
+    def entry(sent: float, start: float, ready: float, reply: float, pulled: float) -> str:
+        timing = {"sent": sent, "process-start": start, "handler": ready, "ready": ready}
+        return json.dumps({"pulled": pulled, "config": {"timing": {**timing, "reply": reply}}})
+
+    audit = tmp_path / "received.jsonl"
+    lines = [entry(0, 2, 3, 5, 6), entry(0, 4, 6, 7, 9), json.dumps({"pulled": 1, "config": {}})]
+    audit.write_text("\n".join(lines) + "\n")
+    got = message_stages(audit)
+    assert got == {
+        "dispatch_median_s": 3.0,
+        "startup_median_s": 1.5,
+        "work_median_s": 1.5,
+        "back_median_s": 1.5,
+        "messages": 2,
+    }
+
+
+def test_deployment_breakdown_comes_from_the_measured_variants() -> None:
+    from experiments.bench.deployment import breakdown_lines
+
+    stages = {
+        "dispatch_median_s": 1.0,
+        "startup_median_s": 2.5,
+        "work_median_s": 0.5,
+        "back_median_s": 0.25,
+        "messages": 9,
+    }
+    s = {
+        "tls": {"round_median_s": 6.0, "stages": stages},
+        "spawn": {"data_s": 1.2, "cached_data_s": 0.004},
+    }
+    text = "\n".join(breakdown_lines(s))
+    assert "| after, subprocess isolation | 6.0 | 1.00 | 2.50 | 0.50 | 0.25 | 9 |" in text
+    assert "before:" not in text and "from the data cache 0.004 s" in text
+    assert breakdown_lines({"tls": {"round_median_s": 6.0}}) == []  # saved before stages
 
 
 def test_scale_sweep_samples_exactly_the_clients_it_names() -> None:

@@ -18,27 +18,25 @@ from common.config import parse_run_config
 from common.datasets import dataset_tasks
 from common.federation import load_client_data
 from common.models import count_parameters
-from experiments.compare import (
+from experiments.compare import main
+from experiments.compare.cli import build_grid, parse_args
+from experiments.compare.grid import Grid
+from experiments.compare.page import write_reports
+from experiments.compare.references import (
     CENTRALIZED,
-    SINGLE_TASK,
-    Grid,
-    GridRun,
-    build_grid,
-    main,
-    parse_args,
-    run_grid,
-)
-from experiments.compare_report import fmt, write_reports
-from experiments.compare_stats import delta_m, relative_delta
-from experiments.references import (
     CENTRALIZED_TUNED,
+    SINGLE_TASK,
     TUNED_LRS,
     federation_clients,
     pooled_train,
     run_reference,
     split_fingerprint,
 )
-from experiments.transfer import federation_overrides, new_clients, run_adaptation
+from experiments.compare.run import run_grid
+from experiments.compare.tables import fmt
+from experiments.compare.transfer import federation_overrides, new_clients, run_adaptation
+from experiments.kit.runner import GridRun
+from experiments.kit.scores import delta_m, relative_delta
 from tests.helpers import TINY, engine
 
 ARGS = [
@@ -263,8 +261,8 @@ def test_delta_m_sign_on_a_constructed_case() -> None:
 def _hand_made(tmp_path: Path, accuracy: dict[str, float]) -> tuple[Any, dict[Any, Any]]:
     """A one-setting grid and its aggregated rows, made by hand: `accuracy` is each method's
     mean classification accuracy (test; validation the same), over 3 seeds."""
-    from experiments.compare import METHODS, dirichlet_setting
-    from experiments.compare_report import CELL_COLUMNS, Aggregate, Collected, default_key
+    from experiments.compare.collect import CELL_COLUMNS, Aggregate, Collected, default_key
+    from experiments.compare.grid import METHODS, dirichlet_setting
 
     grid = Grid(
         name="hand",
@@ -289,7 +287,7 @@ def test_the_centralized_target_uses_the_tuned_reference(tmp_path: Path) -> None
     """Centralized at the federation's lr diverged (0.70) and the tuned one reached 0.94:
     FedPer's 0.85 is not 'within 2 points of Centralized'. The same-lr row is information,
     not the target it used to meet."""
-    from experiments.compare_report import check_targets
+    from experiments.compare.targets import check_targets
 
     accuracy = {
         "local": 0.80,
@@ -326,7 +324,8 @@ def test_results_page_prose_follows_the_grid_and_the_timings(tmp_path: Path) -> 
     cores' and this machine's CPU count: they come from RunConfig, the grid and the
     invocations' own records (here 7 rounds, 16 cores)."""
     from common.config import RunConfig
-    from experiments.compare_report import check_targets, results_markdown
+    from experiments.compare.page import results_markdown
+    from experiments.compare.targets import check_targets
 
     collected, agg = _hand_made(tmp_path, {"local": 0.8, "fedper": 0.85})
     grid = collected.grid

@@ -24,14 +24,17 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from flwr.common.config import parse_config_args
 
+from common.records import EVALUATION_TASKS, TIMING
 from deploy.certs import CertFiles, generate
 from deploy.certs import main as certs_main
 from deploy.local import (
+    TASK_POLL_ENV,
     LocalDeployment,
     ServerTls,
     cert_files,
     node_config,
     superexec_args,
+    superexec_env,
     superlink_args,
     supernode_args,
 )
@@ -228,11 +231,12 @@ def _processes_mentioning(*needles: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_tls_deployment_with_node_auth_runs_rounds(
     deployment: LocalDeployment, tmp_path: Path
 ) -> None:
-    outcome = deployment.submit({**TINY, "results-dir": str(tmp_path)}, timeout=180)
+    run = {**TINY, "results-dir": str(tmp_path), "audit-received": True}
+    outcome = deployment.submit(run, timeout=420)  # a few seconds per round on a quiet machine
     tail = outcome.log_path.read_text()[-3000:] if outcome.log_path.exists() else ""
     assert outcome.ok, f"{outcome.status}/{outcome.flower_status}:\n{tail}"
     summary = outcome.summary
@@ -241,10 +245,43 @@ def test_tls_deployment_with_node_auth_runs_rounds(
     assert len(summary["per_client"]) == 3, summary["per_client"].keys()
     rows = [json.loads(line) for line in (outcome.results_dir / "metrics.jsonl").open()]
     assert [r["round"] for r in rows] == [1, 2] and all(r["clients"] == 3 for r in rows)
-    # Each SuperNode trained its own partition and kept its state in its own state dir.
+    # Each SuperNode trained its own partition and kept its state, and its prepared data
+    # (one cache entry, read by the later messages' processes), in its own state dir.
     for i in range(3):
         assert list((deployment.state_dir / f"supernode-{i}").rglob("state.npz"))
+        cached = (deployment.state_dir / f"supernode-{i}" / "data-cache").glob("*/manifest.json")
+        assert len(list(cached)) == 1
+    audit = [json.loads(x) for x in (outcome.results_dir / "received.jsonl").open()]
+    # One message wave per round: round 1's evaluation came with round 2's training.
+    waves = sorted({(e["round"], e["phase"]) for e in audit})
+    assert waves == [(1, "train"), (2, "evaluate"), (2, "train")], waves
+    carried = [EVALUATION_TASKS in e["config"] for e in audit if e["phase"] == "train"]
+    assert carried == [False] * 3 + [True] * 3
+    # Every message's timeline, in order: created at the server, a process started for it,
+    # handler entered, session ready, reply built, pulled by the ServerApp.
+    for e in audit:
+        t = e["config"][TIMING]
+        steps = [t["sent"], t["process-start"], t["handler"], t["ready"], t["reply"], e["pulled"]]
+        assert steps[0] - 0.05 <= steps[1] and steps[1:] == sorted(steps[1:]), e
     print("seconds per round (TLS deployment, 3 SuperNodes):", [r["seconds"] for r in rows])
+
+
+@pytest.mark.slow
+def test_flowers_superexecs_get_the_task_poll_interval(deployment: LocalDeployment) -> None:
+    """In subprocess isolation the SuperLink and every SuperNode start their SuperExec: it
+    inherits the environment that sets its task poll."""
+    expected = f"{TASK_POLL_ENV}={superexec_env()[TASK_POLL_ENV]}".encode()
+    superexecs = []
+    for proc in deployment.procs.values():
+        for pid in descendants(proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue  # a ClientApp process that just ended
+            if b"flower-superexec" in cmdline:
+                superexecs.append(expected in environ)
+    assert superexecs == [True] * 4  # the ServerApp's and one per SuperNode
 
 
 @pytest.mark.slow
@@ -378,6 +415,9 @@ def test_compose_commands_are_the_ones_deploy_local_builds(tls: bool) -> None:
     assert set(services) == set(expected)
     for name, args in expected.items():
         assert services[name]["command"] == args, name
+        # Every SuperExec looks for work as often as deploy.local's do.
+        if name == "serverapp" or name.startswith("clientapp-"):
+            assert services[name]["environment"] == superexec_env(), name
         # Every file a flag names is mounted there.
         named = {a for a in args if a.startswith("/run/secrets/")}
         assert named <= _secret_paths(services[name]), name

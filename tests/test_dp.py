@@ -159,3 +159,43 @@ def test_local_dp_runs_through_flowers_mod(tmp_path: Path) -> None:
     log = outcome.log_path.read_text()
     assert "LocalDpMod: parameters are clipped" in log
     assert outcome.summary["status"] == "completed"
+
+
+def test_dp_sgd_trains_the_resnet_on_a_small_image_set() -> None:
+    """Opacus computes per-sample gradients through convolutions, GroupNorm and the residual
+    additions of the ResNet encoder (no BatchNorm, which it refuses)."""
+    import numpy as np
+
+    from common.federation import ClientData, Split
+    from common.tasks import TaskSpec
+
+    cfg = parse_run_config(
+        {
+            "privacy": "dp-sgd",
+            "encoder": "resnet",
+            "num-blocks": 2,
+            "resnet-depth": 1,
+            "resnet-width": 4,
+            "hidden": 16,
+            "local-epochs": 1,
+            "batch-size": 8,
+            "dp-noise-multiplier": 1.0,
+            "dp-epsilon": 100.0,
+        }
+    )
+    rng = np.random.default_rng(0)
+    tasks = (TaskSpec("a", "binary", 2), TaskSpec("b", "multiclass", 3))
+
+    def split(n: int) -> Split:
+        x = rng.standard_normal((n, 3, 32, 32), dtype=np.float32)
+        return Split(x, {"a": rng.integers(0, 2, n), "b": rng.integers(0, 3, n)})
+
+    data = ClientData(0, tasks, split(24), split(4), split(4), (3, 32, 32))
+    model = build_model(cfg, tasks, data.input_shape)
+    weighting = build_weighting(cfg, data.task_names, data.task_names)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats, history, eps = dp_round(model, data, weighting, cfg, 1, [])
+    assert eps > 0 and history[0][2] == stats.steps > 0
+    changed = [k for k, v in model.state_dict().items() if not v.equal(before[k])]
+    assert any(k.startswith("encoder.blocks.1.units.0.norm") for k in changed)
+    assert any(k.startswith("heads.") for k in changed)

@@ -1,14 +1,18 @@
 """`make run`'s launcher: a summary table and exit 0 on success, non-zero on a failed run
-(`flwr run` itself exits 0 either way), and nothing left running."""
+(`flwr run` itself exits 0 either way), a Ray head of its own for the run, and nothing left
+running."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 
 from deploy.cli import main
+from deploy.processes import descendants, still_running
 from tests.helpers import TINY
 
 pytestmark = pytest.mark.slow
@@ -30,12 +34,47 @@ def _superlinks() -> set[str]:
     }
 
 
+class ProcessWatch:
+    """Every process below this test process while it runs: pid -> (start time, command),
+    sampled every 0.2 s in a thread."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for pid, started in descendants(os.getpid()).items():
+                if pid not in self.seen:
+                    try:
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    except OSError:
+                        continue
+                    self.seen[pid] = (started, cmd.decode(errors="replace"))
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> ProcessWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_successful_run_prints_a_summary_and_exits_zero(tmp_path, capsys) -> None:
     before = _superlinks()
-    assert main(_args(tmp_path)) == 0
+    with ProcessWatch() as watch:
+        assert main(_args(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "| task | metric |" in out and "round   2/2" in out and "results:" in out
     assert _superlinks() <= before, "the launcher left a SuperLink running"
+    heads = [p for p, (_, cmd) in watch.seen.items() if "ray start --head" in cmd]
+    assert len(heads) == 1, "the launcher did not start one Ray head of its own"
+    assert [p for p, (_, cmd) in watch.seen.items() if "raylet" in cmd], "no raylet ran"
+    # Everything the run started is gone: the head, its GCS and raylet, the actors.
+    assert still_running({p: s for p, (s, _) in watch.seen.items()}) == []
 
 
 def test_failed_run_exits_non_zero_with_the_reason(tmp_path, capsys) -> None:

@@ -13,17 +13,11 @@ import torch
 
 from client.train import evaluate
 from common.config import parse_run_config
-from experiments.privacy.sweep import (
-    NA_REASON,
-    Cell,
-    Settings,
-    accuracy_drops,
-    client_models,
-    initial_clients,
-    not_applicable,
-    run_sweep,
-    utility,
-)
+from experiments.privacy.cell_attacks import utility
+from experiments.privacy.grid import NA_REASON, Cell, Settings, not_applicable
+from experiments.privacy.models import client_models, initial_clients
+from experiments.privacy.records import accuracy_drops
+from experiments.privacy.sweep import run_sweep
 from tests.helpers import TINY, engine
 
 
@@ -107,12 +101,13 @@ def test_report_prose_follows_the_config_and_the_records(
     here a config and records unlike the old literals."""
     import os
 
-    from experiments.privacy import sweep
+    from experiments.privacy import findings
+    from experiments.privacy.report import write_report
 
     # The goal's numbers are one set of constants for the check and its heading.
-    monkeypatch.setattr(sweep, "GOAL_EPSILON", 2.0)
-    monkeypatch.setattr(sweep, "GOAL_AUC", 0.65)
-    monkeypatch.setattr(sweep, "GOAL_DROP", 20.0)
+    monkeypatch.setattr(findings, "GOAL_EPSILON", 2.0)
+    monkeypatch.setattr(findings, "GOAL_AUC", 0.65)
+    monkeypatch.setattr(findings, "GOAL_DROP", 20.0)
 
     base = {
         **TINY,
@@ -136,8 +131,9 @@ def test_report_prose_follows_the_config_and_the_records(
         plots=tmp_path / "plots",
     )
     records = {c: _record(c, 0.8 if c.epsilon is None else 0.7) for c in settings.cells()}
-    text = sweep.write_report(records, {}, settings, 30.0)
-    assert f", {os.cpu_count()} CPU cores), 8 Flower simulations" in text
+    text = write_report(records, {}, settings)
+    assert f", {os.cpu_count()} CPU cores), " in text
+    assert "\n8 Flower simulations (+ 0 n/a cells). Recorded per cell: 16 min" in text
     assert "partitioner dirichlet α=2, batch 16, lr 0.2, hidden " in text
     assert "(δ = 1e-06, C = 2)" in text
     assert "all 5 heads" in text  # MultiDigits' tasks

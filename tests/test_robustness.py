@@ -16,6 +16,8 @@ import pytest
 
 from common.config import parse_run_config
 from experiments import robustness as rb
+from experiments import robustness_report as rr
+from experiments.kit.runner import Timings
 
 BASE = {
     "num-clients": 4,
@@ -38,7 +40,8 @@ def fake_summary(
 ) -> None:
     """A completed run whose client `c` has test accuracy `accuracy[c]` (validation accuracy
     `val[c]`, the test one if not given) on every task it holds (clients 0/1 are the
-    attackers); its rounds took `round_seconds`, the whole cell `wall_s` on 16 CPUs."""
+    attackers); its rounds took `round_seconds`, the whole cell `wall_s` (in the grid's
+    timings) on 16 CPUs."""
     val = val or accuracy
     per_client = {
         str(c): {
@@ -52,9 +55,17 @@ def fake_summary(
     config = parse_run_config(overrides).to_dict() | {"results-dir": overrides["results-dir"]}
     run = results_dir / cell.run_name
     run.mkdir(parents=True, exist_ok=True)
-    summary = {"status": "completed", "config": config, "per_client": per_client}
+    summary = {
+        "status": "completed",
+        "config": config,
+        "per_client": per_client,
+        "final_round": len(round_seconds),
+    }
     (run / "summary.json").write_text(json.dumps(summary | {"wall_time_s": 3.0}))
-    (run / "cell.json").write_text(json.dumps({"wall_s": wall_s, "cpus": 16}))
+    timings = Timings(results_dir / "timings.json")
+    timings.cells[cell.run_name] = wall_s
+    timings.invocations = [{"started": "2026-01-01T00:00:00", "ran": 1, "cpus": 16}]
+    timings.save()
     rejected = [{"node": 1, "client": "0", "reason": "update norm"}] if cell.attack else []
     rows = [{"round": i + 1, "seconds": x} for i, x in enumerate(round_seconds)]
     rows[0]["rejected"] = rejected
@@ -71,9 +82,9 @@ def test_honest_accuracy_leaves_the_attackers_out() -> None:
         }
     }
     # left: mean(0.8, 0.6) = 0.7; parity: 0.6; over tasks: 0.65
-    assert rb.honest_accuracy(summary, attackers=2) == pytest.approx(0.65)
-    assert rb.honest_accuracy(summary, attackers=2, split="val") is None  # no val metrics
-    assert rb.honest_accuracy({"per_client": {}}, attackers=2) is None
+    assert rr.honest_accuracy(summary, attackers=2) == pytest.approx(0.65)
+    assert rr.honest_accuracy(summary, attackers=2, split="val") is None  # no val metrics
+    assert rr.honest_accuracy({"per_client": {}}, attackers=2) is None
 
 
 def test_the_table_is_computed_from_the_summary_files(tmp_path: Path) -> None:
@@ -87,9 +98,9 @@ def test_the_table_is_computed_from_the_summary_files(tmp_path: Path) -> None:
     for cell in cells:
         a = honest[(cell.defence, cell.column)][cell.seed]
         fake_summary(cell, tmp_path, {0: 0.0, 1: 0.0, 2: a, 3: a})
-    results = rb.collect(cells, tmp_path)
+    results = rr.collect(cells, BASE, tmp_path)
     assert all(r.status == "completed" for r in results)
-    text = rb.render(results, [SIGN_FLIP], [0, 1], BASE, "cmd", None, tmp_path / "R.md")
+    text = rr.render(results, [SIGN_FLIP], [0, 1], BASE, "cmd", None, tmp_path / "R.md")
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "±" in line}
     assert "| 81.0 ± 1.4 | 45.0 ± 7.1 | -36.0 |" in rows["fedavg"]
     assert "| 80.0 ± 1.4 | 79.5 ± 1.4 | -0.5 |" in rows["fedmedian"]
@@ -113,8 +124,8 @@ def test_the_best_defence_is_chosen_on_validation_and_reported_on_test(tmp_path:
     for cell in cells:
         test, val = test_val[cell.defence] if cell.attack else (0.80, 0.80)
         fake_summary(cell, tmp_path, {2: test, 3: test}, val={2: val, 3: val})
-    text = rb.render(
-        rb.collect(cells, tmp_path), [SIGN_FLIP], [0, 1], BASE, "cmd", None, tmp_path / "R.md"
+    text = rr.render(
+        rr.collect(cells, BASE, tmp_path), [SIGN_FLIP], [0, 1], BASE, "cmd", None, tmp_path / "R.md"
     )
     line = next(x for x in text.splitlines() if x.startswith("- **sign-flip"))
     assert "best defence on validation **fedmedian** (85.0 % on validation): test 77.0 %" in line
@@ -133,8 +144,8 @@ def test_a_defence_without_validation_metrics_is_not_a_candidate(tmp_path: Path)
         for metrics in tasks.values():
             metrics.pop("val/accuracy", None)
     path.write_text(json.dumps(summary))
-    text = rb.render(
-        rb.collect(cells, tmp_path), [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md"
+    text = rr.render(
+        rr.collect(cells, BASE, tmp_path), [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md"
     )
     assert "not enough completed cells for a verdict" in text
 
@@ -147,8 +158,8 @@ def test_the_prose_follows_the_config_and_the_run_files(tmp_path: Path) -> None:
     cells = rb.grid(["fedavg", "fedtrimmedavg", "bulyan"], [SIGN_FLIP], seeds=[0])
     for cell in cells:
         fake_summary(cell, tmp_path, {c: 0.8 for c in range(2, 15)}, base=base)
-    text = rb.render(
-        rb.collect(cells, tmp_path), [SIGN_FLIP], [0], base, "cmd", None, tmp_path / "R.md"
+    text = rr.render(
+        rr.collect(cells, base, tmp_path), [SIGN_FLIP], [0], base, "cmd", None, tmp_path / "R.md"
     )
     assert "`trim-beta = 0.2` (3 of 15 cut at each end)" in text
     assert "allows at most f = 3 with 15 clients" in text
@@ -160,6 +171,14 @@ def test_the_prose_follows_the_config_and_the_run_files(tmp_path: Path) -> None:
     )
     assert "(median round 3.00 s)" in text
     assert "commit" not in text
+    # Grids run before timings.json kept each cell's wall time and CPUs in its cell.json.
+    (tmp_path / "timings.json").unlink()
+    for cell in cells:
+        (tmp_path / cell.run_name / "cell.json").write_text(json.dumps({"wall_s": 30, "cpus": 16}))
+    legacy = rr.render(
+        rr.collect(cells, base, tmp_path), [SIGN_FLIP], [0], base, "cmd", None, tmp_path / "R.md"
+    )
+    assert legacy == text
 
 
 def test_lost_honest_clients_are_counted_and_disqualify_a_defence(tmp_path: Path) -> None:
@@ -173,9 +192,9 @@ def test_lost_honest_clients_are_counted_and_disqualify_a_defence(tmp_path: Path
         if cell.defence == "fedmedian" and cell.attack:
             honest = {2: 0.79, 3: 0.79}
         fake_summary(cell, tmp_path, {0: 0.1, 1: 0.1, **honest})
-    results = rb.collect(cells, tmp_path)
+    results = rr.collect(cells, BASE, tmp_path)
     assert [r.lost for r in results] == [0, 0, 0, 0, 0, 1]
-    text = rb.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
+    text = rr.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
     assert "| 95.0 ± 0.0 (1 lost) |" in text
     assert "best defence on validation **fedmedian** (79.0 % on validation): test 79.0 %" in text
 
@@ -201,12 +220,12 @@ def test_missing_failed_and_diverged_cells_are_shown_not_hidden(tmp_path: Path) 
         changes = {"status": "failed", "error": error}
         path.write_text(json.dumps(json.loads(path.read_text()) | changes))
     (tmp_path / missing.run_name / "summary.json").unlink()
-    results = rb.collect(cells, tmp_path)
+    results = rr.collect(cells, BASE, tmp_path)
     status = {r.cell: r.status for r in results}
     assert (status[diverged], status[failed], status[missing]) == ("diverged", "failed", "missing")
     assert rb.is_done(diverged, BASE, tmp_path)  # the attack's outcome: not rerun
     assert not rb.is_done(failed, BASE, tmp_path)  # a harness failure: rerun
-    text = rb.render(results, attacks, [0, 1], BASE, "cmd", None, tmp_path / "R.md")
+    text = rr.render(results, attacks, [0, 1], BASE, "cmd", None, tmp_path / "R.md")
     row = next(line for line in text.splitlines() if line.startswith("| fedavg | no defence"))
     assert "| 80.0 ± 0.0 | 80.0 ± 0.0 (1 diverged) | – (1 failed) (1 missing) |" in row
     assert "plain FedAvg under attack **diverged** in 1 of 2 seeds" in text
@@ -236,6 +255,8 @@ def test_a_cell_is_done_only_when_completed_under_the_same_config(tmp_path: Path
     assert rb.is_done(cell, BASE, tmp_path)
     stored(config={**summary["config"], "fraction-evaluate": 0.3})  # reporting only
     assert rb.is_done(cell, BASE, tmp_path)
+    stored(final_round=1, stopped_early="stop condition")  # before the final round
+    assert not rb.is_done(cell, BASE, tmp_path)
     stored(status="failed")
     assert not rb.is_done(cell, BASE, tmp_path)
 
@@ -330,7 +351,7 @@ def test_two_real_cells_produce_the_table_and_resume(
         assert summary["status"] == "completed" and summary["rounds"] == 2
         assert summary["config"]["attack"] == (cell.attack.name if cell.attack else "none")
         summaries.append(summary)
-    results = rb.collect(cells, tmp_path)
+    results = rr.collect(cells, BASE, tmp_path)
 
     def by_hand(summary: dict[str, Any], split: str) -> float:
         """Mean over tasks of the mean over honest clients (ids 2, 3, ...) holding it."""
@@ -348,8 +369,8 @@ def test_two_real_cells_produce_the_table_and_resume(
     assert [r.val_accuracy for r in results] == pytest.approx(
         [by_hand(s, "val") for s in summaries], abs=1e-12
     )
-    text = rb.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
+    text = rr.render(results, [SIGN_FLIP], [0], BASE, "cmd", None, tmp_path / "R.md")
     row = next(line for line in text.splitlines() if line.startswith("| fedavg |"))
     assert f"| {100 * expected[0]:.1f} ± 0.0 | {100 * expected[1]:.1f} ± 0.0 |" in row
     rb.run_grid(cells, BASE, tmp_path, engine=engine())  # resume: nothing left to run
-    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert "2 done earlier (skipped), 0 to run" in capsys.readouterr().out

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from experiments.kit.scores import task_delta_m
 from experiments.weighting_study import (
     StudySettings,
     paired_difference,
-    relative_delta,
     run_name,
     run_study,
 )
@@ -32,8 +32,8 @@ def test_improvement_needs_more_than_two_std_of_the_paired_difference() -> None:
 def test_delta_m_signs_follow_the_metric_direction() -> None:
     metric = {"t0": "mae", "t1": "accuracy"}
     ew = {"t0": 1.0, "t1": 0.5}
-    assert relative_delta({"t0": 0.9, "t1": 0.55}, ew, metric) == pytest.approx(-10.0)
-    assert relative_delta({"t0": 1.1, "t1": 0.45}, ew, metric) == pytest.approx(10.0)
+    assert task_delta_m({"t0": 0.9, "t1": 0.55}, ew, metric) == pytest.approx(-10.0)
+    assert task_delta_m({"t0": 1.1, "t1": 0.45}, ew, metric) == pytest.approx(10.0)
 
 
 def test_report_prose_follows_the_config_and_the_runs(tmp_path: Path) -> None:
@@ -71,10 +71,12 @@ def test_report_prose_follows_the_config_and_the_runs(tmp_path: Path) -> None:
         for m in settings.methods
         for s in seeds
     }
-    write_report(build_table(values, settings), settings, 90.0, 600.0, [12.0, 14.0])
+    write_report(build_table(values, settings), settings, (600.0, [12.0, 14.0], 90.0))
     text = settings.out.read_text()
-    assert f" {os.cpu_count()} CPU cores); 10 Flower simulations: 10 min" in text
-    assert "Flower's start-up, 13 s per run on average over the 2 run(s)" in text
+    assert f" {os.cpu_count()} CPU cores), " in text
+    assert "\n10 Flower simulations: 10 min of server-side run time" in text
+    assert "Flower's start-up, 13 s per run on average over the 2 timed run(s))" in text
+    assert "; the grid's invocations took 1.5 min" in text
     assert "partitioner dirichlet α=2, batch 16, lr 0.2, hidden 48, the default 4-client" in text
     cfg = parse_run_config(base)
     assert f"`cagrad-c={cfg.cagrad_c:g}`, `mgda-normalize={cfg.mgda_normalize}`" in text

@@ -24,6 +24,7 @@ from common.config import parse_run_config
 from experiments.bench.flower import AppRun, BenchEngine, run_fedmtl
 from experiments.bench.harness import BenchContext
 from experiments.bench.stats import Target
+from experiments.kit.scores import mean_classification_accuracy
 
 BYTES_RATIO_TARGET = 3.5
 ACCURACY_DROP_TARGET = 0.5  # points
@@ -59,16 +60,6 @@ def per_client_bytes(run: AppRun) -> dict[str, float]:
     up = [r["bytes_up"] / max(r["clients"], 1) for r in steady]
     down = [r["bytes_down"] / max(r["clients"], 1) for r in steady]
     return {"up": statistics.mean(up), "down": statistics.mean(down), "rounds": len(steady)}
-
-
-def mean_accuracy(summary: dict[str, Any]) -> float:
-    """Final-round test accuracy, mean over clients, then over the classification tasks."""
-    values = [
-        summary["per_task"][t]["test/accuracy"]["mean"]
-        for t in CLASSIFICATION
-        if t in summary.get("per_task", {})
-    ]
-    return float(statistics.mean(values)) if values else float("nan")
 
 
 def _base(ctx: BenchContext, rounds: int) -> dict[str, Any]:
@@ -132,7 +123,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                     "bytes_up": int(run.summary["bytes_up"]),
                     "bytes_down": int(run.summary["bytes_down"]),
                     "bytes_up_per_client_round": per_client_bytes(run)["up"],
-                    "mean_accuracy": mean_accuracy(run.summary),
+                    "mean_accuracy": mean_classification_accuracy(run.summary or {}),
                     "sum_mae": run.summary["per_task"]
                     .get("sum", {})
                     .get("test/mae", {})

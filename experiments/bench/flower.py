@@ -1,8 +1,9 @@
 """Submitting runs to a `SimulationEngine`'s SuperLink with what the benchmark needs beyond
 `SimulationEngine.run`: any `--federation-config` key (Ray backend options, not only the CPUs
-per client), a timestamp on every streamed line (where the time of a run goes), the SuperLink's
-process tree sampled for memory, and stopping a run once the rounds to time are logged (so a
-scale sweep does not pay the final full evaluation of 1000 clients each time)."""
+per client), a timestamp on every streamed line (where the time of a run goes), the engine's
+processes (the SuperLink's tree and its Ray head's) sampled for memory, and stopping a run
+once the rounds to time are logged (so a scale sweep does not pay the final full evaluation
+of 1000 clients each time)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
-from deploy.simulation import CONNECTION, SimulationEngine, federation_config
-from experiments.bench.sampling import TreeSampler
+from deploy.simulation import CONNECTION, SimulationEngine, client_state_dir, federation_config
+from experiments.bench.sampling import TreeSampler, descendants, process_table
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROBE_APP = BENCH_DIR / "probe"
@@ -53,6 +54,29 @@ class Submission:
         return out
 
 
+class EngineSampler(TreeSampler):
+    """A `TreeSampler` over every process an engine runs: the SuperLink's tree (the
+    simulation processes) and, when the engine has a Ray head of its own, the tree of each of
+    its nodes (GCS, raylet, agents and the ClientApp actors live there, not below the
+    SuperLink)."""
+
+    def __init__(self, engine: SimulationEngine, **kwargs: Any) -> None:
+        assert engine.superlink is not None, "use inside `with SimulationEngine() as engine`"
+        super().__init__(engine.superlink.pid, **kwargs)
+        self.roots = [engine.superlink.pid, *(engine.cluster.pids() if engine.cluster else [])]
+
+    def sample(self) -> tuple[int, int, int]:
+        table = process_table()
+        for root in self.roots:
+            if root in table:
+                self.tracked.setdefault(root, table[root][1])
+            for pid in descendants(root, table):
+                self.tracked.setdefault(pid, table[pid][1])
+        # TreeSampler's own pass adds nothing new (its root is the SuperLink) and does the
+        # rest: forgets exited processes, sums the memory, keeps the peaks.
+        return super().sample()
+
+
 def submit(
     engine: SimulationEngine,
     app_dir: Path,
@@ -67,7 +91,7 @@ def submit(
     """Run one app on the engine's SuperLink and wait for it (or for `stop_when`, then stop
     the run); every line of the log gets its time since submission."""
     assert engine.superlink is not None, "use inside `with SimulationEngine() as engine`"
-    sampler = TreeSampler(engine.superlink.pid) if sample_memory else None
+    sampler = EngineSampler(engine) if sample_memory else None
     if sampler:
         sampler.start()
     try:
@@ -155,11 +179,13 @@ def run_fedmtl(
     app_dir: Path | None = None,
 ) -> AppRun:
     """`SimulationEngine.run` with any federation option, timestamps and memory sampling;
-    `app_dir` submits another copy of the app (default: the engine's)."""
+    `app_dir` submits another copy of the app (default: the engine's). As in `make run`, the
+    clients keep their private state in the run's `client-state` dir (written every round)."""
     overrides = {**overrides, "results-dir": str(results_root.resolve())}
     cfg = parse_run_config(overrides)
     results_dir = results_root.resolve() / cfg.name
     results_dir.mkdir(parents=True, exist_ok=True)
+    overrides["state-dir"] = str(client_state_dir(cfg, results_dir))
     for stale in ("summary.json", "metrics.jsonl"):
         (results_dir / stale).unlink(missing_ok=True)
     fed = federation_config(cfg.num_clients, cpus_per_client, **(federation_extra or {}))
@@ -192,8 +218,10 @@ def run_probe(
     federation_extra: dict[str, Any] | None = None,
     timeout: float = 900.0,
     tag: str = "probe",
+    pull_interval: float = 0.1,
 ) -> dict[str, Any]:
-    """Run the probe app; its timings plus the submission's (start-up, wall)."""
+    """Run the probe app; its timings plus the submission's (start-up, wall).
+    `pull_interval`: how often its ServerApp looks for replies (Flower's default 0.1 s)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     out = (out_dir / f"{tag}.json").resolve()
     out.unlink(missing_ok=True)
@@ -202,6 +230,7 @@ def run_probe(
         "waves": ",".join(map(str, waves)),
         "repeats": repeats,
         "payload": payload,
+        "pull-interval": pull_interval,
         "out": str(out),
     }
     fed = federation_config(nodes, cpus_per_client, **(federation_extra or {}))
@@ -213,6 +242,7 @@ def run_probe(
     result.update(
         tag=tag,
         federation=fed,
+        pull_interval=pull_interval,
         wall_s=sub.wall_s,
         status=sub.status,
         submit_to_serverapp_s=result["server_started_unix"] - submitted,
@@ -222,14 +252,13 @@ def run_probe(
 
 
 class BenchEngine(SimulationEngine):
-    """A `SimulationEngine` that also keeps track of every process below its SuperLink and,
-    on exit, ends those that outlived it (Ray workers re-parented to init would otherwise
+    """A `SimulationEngine` that also keeps track of every process it runs (`EngineSampler`)
+    and, on exit, ends those that outlived it (Ray workers re-parented to init would otherwise
     keep CPU and memory that the next measurement needs)."""
 
     def __enter__(self) -> BenchEngine:
         super().__enter__()
-        assert self.superlink is not None
-        self.tracker = TreeSampler(self.superlink.pid, interval=1.0, measure=False).start()
+        self.tracker = EngineSampler(self, interval=1.0, measure=False).start()
         return self
 
     def __exit__(self, *exc: object) -> None:

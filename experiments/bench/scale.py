@@ -1,7 +1,7 @@
 """Section 2: scale. SynthCorr with 1000 simulated clients, 10 % sampled per round, 5 rounds,
-with the memory of the SuperLink's whole process tree sampled every 0.5 s; then the time of a
-training round against the number of clients sampled per round (10, 50, 100, 200) with a
-least-squares line.
+with the memory of every process the engine runs (the SuperLink's tree and its Ray head's)
+sampled every 0.5 s; then the time of a training round against the number of clients sampled
+per round (10, 50, 100, 200) with a least-squares line.
 
 Only the last round of the main run evaluates every client (eval-every is set past the run,
 fraction-evaluate to 0): that full evaluation of 1000 clients is reported apart. The sweep

@@ -57,6 +57,8 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0) -> list[i
 def main(grid: Grid, context: Context) -> None:
     started = time.time()
     cfg = context.run_config
+    if hasattr(grid, "pull_interval"):  # Flower's InMemoryGrid: how often it looks for replies
+        grid.pull_interval = float(cfg["pull-interval"])
     waves = [int(w) for w in str(cfg["waves"]).split(",") if w.strip()]
     repeats = int(cfg["repeats"])
     arrays = ArrayRecord({"w": Array(np.zeros(int(cfg["payload"]), dtype=np.float32))})

@@ -44,7 +44,7 @@ from common.models import MultiTaskModel, count_parameters
 from common.storage import atomic_write_json
 from common.tasks import TaskSpec
 from common.weighting import EqualWeighting
-from experiments.compare_stats import mean_classification_accuracy
+from experiments.kit.scores import mean_classification_accuracy
 from server.metrics import per_task
 from server.results import RunResults
 
