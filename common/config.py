@@ -100,7 +100,8 @@ class RunConfig:
     hf_dataset: str = _key(
         "",
         doc="dataset 'hf': a Hugging Face Hub name (flwrlabs/celeba) or a local folder/file "
-        "that datasets.load_dataset reads (parquet, arrow, csv, json, an image folder)",
+        "that datasets.load_dataset reads (parquet, arrow, csv, json, an image folder); a "
+        "node's own 'hf-dataset' (node config) takes precedence in a deployment",
     )
     hf_subset: str = _key("", doc="dataset 'hf': the data set's subset (config name)")
     partitioner: str = _key("dirichlet")

@@ -2,7 +2,7 @@
 
 Run config: `hf-dataset` (a Hub name such as `flwrlabs/celeba`, or a local folder or file that
 `datasets.load_dataset` reads: parquet, arrow, csv, json, an image folder), `hf-subset` (the
-data set's config name), `schema-file` (the task schema of `common.userdata`, whose inputs may
+data set's config name), `schema-file` (the task schema of `common.userschema`, whose inputs may
 be one image column) and `partitioner`:
 
 - `natural`: one client per value of the schema's `group_by` column (`NaturalIdPartitioner`).
@@ -21,25 +21,21 @@ What a client holds: `FederatedDataset.load_partition` gives its rows of the mem
 data set (datasets' Arrow cache, shared by every process on the machine); the client reads
 their labels, and decodes its images once, when its splits are taken (resized to `size`,
 float32 channels × H × W in [0, 1], then (v - mean) / std). The decoded arrays are the
-client's `ClientData`, which the per-process and on-disk caches keep; nothing else stays.
-The server reads only the schema (and, for an image input without `size`, the data set's
-first image).
+client's `ClientData`, which the per-process cache and the on-disk data cache
+(`common.datacache`, keyed by the data set's files through `data_stamp`) keep, so that a
+partition's images are decoded once; nothing else stays. The server reads only the schema
+(and, for an image input without `size`, the data set's first image).
 
-`write_celeba_like` writes a small data set in `flwrlabs/celeba`'s layout (identities,
-boolean attributes, some of them visible in the image) for tests, studies and a first run
-without internet access: `python -m common.hfdata <folder>`.
+`experiments.celeba_like` writes a small data set in `flwrlabs/celeba`'s layout for a run
+without internet access.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import hashlib
 import io
 import json
-import os
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,15 +44,8 @@ import numpy as np
 
 from common.config import ConfigError, RunConfig
 from common.datasets import TEST, TRAIN, VAL, Pool
-from common.userdata import (
-    Columns,
-    ImageInput,
-    UserDataError,
-    UserSchema,
-    numeric_inputs,
-    pool_from_columns,
-    user_schema,
-)
+from common.userdata import Columns, numeric_inputs, pool_from_columns, user_schema
+from common.userschema import ImageInput, UserDataError, UserSchema
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -505,277 +494,3 @@ def hf_input_shape(cfg: RunConfig) -> tuple[int, ...]:
     if schema.image is not None:
         return (schema.image.channels, *image_size(cfg))
     return (len(schema.inputs),)
-
-
-# ------------------------------------------------------------------------------ footprint
-
-
-def memory_footprint(
-    cfg: RunConfig, partition_id: int, num_partitions: int, warm_partition: int | None = None
-) -> dict[str, int]:
-    """`measure_load` in a fresh Python process, so that nothing of this one counts: what a
-    client's first (or, with `warm_partition`, second) load costs. For the bench. The data
-    set's Arrow cache is built here first: no measured process pays the one-time conversion."""
-    import subprocess
-    import sys
-
-    if cfg.dataset == "hf":
-        federated(cfg, 1)
-    root = str(Path(__file__).resolve().parent.parent)
-    args = json.dumps([cfg.to_dict(), partition_id, num_partitions, warm_partition])
-    code = (
-        "import json, sys; from common.config import parse_run_config; "
-        "from common.hfdata import measure_load; c, p, n, w = json.loads(sys.argv[1]); "
-        "print(json.dumps(measure_load(parse_run_config(c), p, n, w)))"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", code, args], cwd=root, env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring the footprint failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def measure_load(
-    cfg: RunConfig, partition_id: int, num_partitions: int, warm_partition: int | None = None
-) -> dict[str, int]:
-    """What `load_client_data(cfg, partition_id, num_partitions)` costs in memory in this
-    process, after the imports (and, with `warm_partition`, after loading that partition
-    first, as a second virtual client in an actor would). Returns bytes: `decoded` (the
-    client's arrays), `traced_peak` (Python and NumPy allocations during the load,
-    tracemalloc), `rss_peak_delta` (peak resident size over the size before; Linux, -1
-    elsewhere; it counts the pages of the memory-mapped data set the load touched),
-    `arrow_held` (Arrow memory still allocated after), `model` (the client's parameters), and
-    `rows`."""
-    import tracemalloc
-
-    import datasets  # noqa: F401  (imported before the baseline, as in a running client)
-    import PIL.Image
-    import pyarrow
-    from flwr_datasets import FederatedDataset  # noqa: F401
-
-    from common.federation import load_client_data
-    from common.models import MultiTaskModel, build_encoder
-
-    PIL.Image.init()  # PIL loads its format plugins on first use
-    if warm_partition is not None:
-        load_client_data(cfg, warm_partition, num_partitions)
-    _reset_peak_rss()
-    before, arrow_before = _status_kb("VmRSS"), pyarrow.total_allocated_bytes()
-    tracemalloc.start()
-    data = load_client_data(cfg, partition_id, num_partitions)
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    peak = _status_kb("VmHWM")
-    splits = (data.train, data.val, data.test)
-    encoder = build_encoder(
-        cfg.architecture,
-        cfg.encoder,
-        data.input_shape,
-        cfg.hidden,
-        cfg.num_blocks,
-        cfg.num_experts,
-        cfg.seed,
-    )
-    model = MultiTaskModel(encoder, data.tasks, seed=cfg.seed)  # as the client builds it
-    return {
-        "rows": sum(len(s) for s in splits),
-        "decoded": sum(s.x.nbytes + sum(v.nbytes for v in s.y.values()) for s in splits),
-        "traced_peak": traced_peak,
-        "rss_peak_delta": (peak - before) * 1024 if peak and before else -1,
-        "arrow_held": pyarrow.total_allocated_bytes() - arrow_before,
-        "model": sum(p.numel() * p.element_size() for p in model.parameters()),
-    }
-
-
-def _reset_peak_rss() -> None:
-    """Linux: reset the process's peak resident size (VmHWM) to its current size."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _status_kb(key: str) -> int:
-    """A `/proc/self/status` size in kB (0 where there is none)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-# ---------------------------------------------------------------------- sample data set
-
-CELEBA_SUBSET = "img_align+identity+attr"
-CELEBA_SPLITS = ("train", "valid", "test")
-# The attributes of the CelebA-like set and what in the image shows them.
-CELEBA_LIKE_ATTRIBUTES: dict[str, str] = {
-    "Smiling": "a bright patch where the mouth is",
-    "Eyeglasses": "a dark bar across the eyes",
-    "Wearing_Hat": "a coloured band at the top",
-    "Male": "one value per identity, not in the image (each client's own head learns it)",
-    "Young": "random: nothing in the image shows it",
-}
-
-
-def write_celeba_like(
-    folder: str | Path,
-    identities: int = 6,
-    images_per_identity: int = 40,
-    size: tuple[int, int] = (32, 32),
-    seed: int = 0,
-    splits: Sequence[float] | None = None,
-) -> Path:
-    """Write a small data set in `flwrlabs/celeba`'s layout into `folder` and return it.
-
-    Columns: `image` (datasets `Image()`, RGB PNG of `size`), `celeb_id` (int64, distinct
-    random ids, rows not sorted by them), and boolean attributes (`CELEBA_LIKE_ATTRIBUTES`),
-    each true for about half the rows. Faces share a layout; each identity has its own skin
-    and background colours, each image some noise and brightness jitter. Like the Hub set it
-    is the subset `img_align+identity+attr` (a README.md names it) with splits train, valid
-    and test; `splits` = (train, valid, test) shares per identity, e.g. (0.7, 0.15, 0.15);
-    None: every row in train.
-    """
-    from datasets import Dataset, Image
-
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    ids = rng.choice(np.arange(1, 10 * identities + 100), size=identities, replace=False)
-    rows: dict[str, list[Any]] = {"image": [], "celeb_id": [], "split": []}
-    rows.update({a: [] for a in CELEBA_LIKE_ATTRIBUTES})
-    for celeb in ids:
-        skin = rng.uniform(90, 200, size=3)
-        background = rng.uniform(0, 255, size=3)
-        male = bool(rng.random() < 0.5)
-        marks = _split_names(images_per_identity, splits, rng)
-        for k in range(images_per_identity):
-            attrs = {
-                "Smiling": bool(k % 2),
-                "Eyeglasses": bool((k // 2) % 2),
-                "Wearing_Hat": bool(rng.random() < 0.5),
-                "Male": male,
-                "Young": bool(rng.random() < 0.5),
-            }
-            pixels = _face(size, skin, background, attrs, rng)
-            rows["image"].append({"bytes": _png(pixels), "path": None})
-            rows["celeb_id"].append(int(celeb))
-            rows["split"].append(marks[k])
-            for name, value in attrs.items():
-                rows[name].append(value)
-    order = rng.permutation(len(rows["celeb_id"]))  # identities interleaved, as in a real set
-    subset = folder / CELEBA_SUBSET
-    subset.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in CELEBA_SPLITS:
-        chosen = [i for i in order if rows["split"][i] == split]
-        if not chosen:
-            continue
-        columns = {k: [v[i] for i in chosen] for k, v in rows.items() if k != "split"}
-        table = Dataset.from_dict(columns).cast_column("image", Image())
-        table.to_parquet(subset / f"{split}-00000-of-00001.parquet")
-        written.append(split)
-    (folder / "README.md").write_text(_readme(written), encoding="utf-8")
-    return folder
-
-
-def _split_names(n: int, shares: Sequence[float] | None, rng: np.random.Generator) -> list[str]:
-    if shares is None:
-        return ["train"] * n
-    counts = [round(s * n) for s in shares[1:]]
-    names = ["valid"] * counts[0] + ["test"] * counts[1]
-    names += ["train"] * (n - len(names))
-    return [names[i] for i in rng.permutation(n)]
-
-
-def _face(
-    size: tuple[int, int],
-    skin: np.ndarray,
-    background: np.ndarray,
-    attrs: dict[str, bool],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """One H×W×3 uint8 face: an ellipse of skin on a background, plus what the attributes
-    show."""
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    face = ((yy - 0.55 * h) / (0.42 * h)) ** 2 + ((xx - 0.5 * w) / (0.32 * w)) ** 2 <= 1
-    img = np.where(face[..., None], skin, background).astype(np.float32)
-    if attrs["Smiling"]:  # an open, bright smile; else a thin dark mouth
-        img[_band(0.66, 0.84, h), _band(0.30, 0.70, w)] = 255
-    else:
-        img[_band(0.74, 0.78, h), _band(0.38, 0.62, w)] = 40
-    if attrs["Eyeglasses"]:
-        img[_band(0.38, 0.48, h), _band(0.15, 0.85, w)] = 15
-    if attrs["Wearing_Hat"]:
-        img[_band(0.0, 0.16, h), :] = (40, 60, 200)
-    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 12, size=img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _band(start: float, stop: float, n: int) -> slice:
-    """Pixels [start, stop) of a side of n pixels, given as fractions; at least one pixel."""
-    first = int(start * n)
-    return slice(first, max(int(stop * n), first + 1))
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    import PIL.Image
-
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _readme(splits: Sequence[str]) -> str:
-    """The data set card: its one subset and splits, as the Hub set declares them."""
-    files = "\n".join(f"  - split: {s}\n    path: {CELEBA_SUBSET}/{s}-*.parquet" for s in splits)
-    return (
-        f"---\nconfigs:\n- config_name: {CELEBA_SUBSET}\n  data_files:\n{files}\n---\n\n"
-        "A CelebA-like data set written by fedmtl's `common.hfdata.write_celeba_like`: "
-        "generated faces, no real person.\n"
-    )
-
-
-def celeba_like_schema(size: tuple[int, int] = (32, 32), splits: bool = False) -> dict:
-    """The task schema for `write_celeba_like`'s data: every attribute a binary task, clients
-    the identities; with `splits`, the data set's own train/valid/test splits."""
-    schema: dict[str, Any] = {
-        "description": "CelebA-like generated faces: attributes as binary tasks, clients = "
-        "identities",
-        "inputs": {"image": "image", "size": list(size), "channels": 3},
-        "tasks": [{"name": a, "kind": "binary"} for a in CELEBA_LIKE_ATTRIBUTES],
-        "group_by": "celeb_id",
-        "partition_by": "Smiling",
-    }
-    if splits:
-        schema["splits"] = {"train": "train", "val": "valid", "test": "test"}
-    return schema
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m common.hfdata <folder>`: write the CelebA-like sample and its schema."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("folder", type=Path, help="where to write the data set")
-    parser.add_argument("--identities", type=int, default=6)
-    parser.add_argument("--images-per-identity", type=int, default=40)
-    parser.add_argument("--size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    size = (args.size[0], args.size[1])
-    write_celeba_like(
-        args.folder / "data", args.identities, args.images_per_identity, size, args.seed
-    )
-    schema = args.folder / "celeba-like.schema.json"
-    schema.write_text(json.dumps(celeba_like_schema(size), indent=2) + "\n", encoding="utf-8")
-    print(
-        f"wrote {args.folder / 'data'} and {schema}; run it with:\n"
-        f'  make run ARGS="-c dataset=hf -c hf-dataset={args.folder / "data"} '
-        f"-c hf-subset={CELEBA_SUBSET} -c schema-file={schema} -c partitioner=natural "
-        f'-c num-clients={args.identities} -c encoder=cnn"'
-    )
-
-
-if __name__ == "__main__":
-    main()
