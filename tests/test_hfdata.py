@@ -376,6 +376,27 @@ def test_one_file_with_numeric_inputs_and_a_split_column(tmp_path: Path) -> None
         assert part.y["flag"].tolist() == [int(i % 2 == 0) for i in sorted(expected)]
 
 
+def test_an_image_folder_with_class_subfolders(tmp_path: Path) -> None:
+    """datasets' image folder: one subfolder per class gives the `label` column; grey images
+    (channels 1) of another size are resized to the schema's `size`."""
+    folder = tmp_path / "shapes"
+    for label, shade in (("dark", 20), ("light", 230)):
+        (folder / label).mkdir(parents=True)
+        for i in range(6):
+            PIL.Image.new("L", (12, 10), shade + i).save(folder / label / f"{i}.png")
+    schema = {
+        "inputs": {"image": "image", "size": [8, 8], "channels": 1},
+        "tasks": [{"name": "label", "kind": "multiclass", "num_classes": 2}],
+    }
+    cfg = hf_config(folder, write_schema(tmp_path, schema), **{"num-clients": 1})
+    mine = load_client_data(cfg, 0, 1)
+    x, y = all_rows(mine), np.concatenate([s.y["label"] for s in (mine.train, mine.val, mine.test)])
+    assert x.shape == (12, 1, 8, 8)
+    assert sorted(y.tolist()) == [0] * 6 + [1] * 6
+    dark = x.reshape(12, -1).mean(axis=1) < 0.5
+    assert np.array_equal(dark, y == 0)  # class 0 is 'dark', sorted as datasets names them
+
+
 # ------------------------------------------------------------------------ bad input
 
 
