@@ -81,6 +81,8 @@ from common.weighting import Weighting
 
 app = ClientApp()
 PERSONAL = "personal."  # prefix of Ditto's personal model in the private state
+# Node-config keys that name a node's own data, taking precedence over the run config's.
+NODE_PATHS: tuple[str, ...] = ("data-file", "schema-file", "hf-dataset")
 
 
 def process_start_time() -> float | None:
@@ -236,8 +238,8 @@ def open_session(
     torch.set_num_threads(1)  # one thread per virtual client: the actors already fill the cores
     cfg = _parse(tuple(sorted(context.run_config.items())))
     node = context.node_config
-    # A node's own data file (deployment) overrides the run config's.
-    paths = {k.replace("-", "_"): str(node[k]) for k in ("data-file", "schema-file") if k in node}
+    # A node's own data (deployment) overrides the run config's.
+    paths = {k.replace("-", "_"): str(node[k]) for k in NODE_PATHS if k in node}
     if paths:
         cfg = dataclasses.replace(cfg, **paths)
     client_id, partition_id, num_partitions = client_identity(context)

@@ -32,7 +32,7 @@ METHOD_TABLES: dict[str, Mapping[str, Any]] = {
 # names into objects (the weighting classes, schedules, strategy builders, DATASETS) are
 # checked against them by a test, so a name cannot be valid here and missing there.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("multidigits", "synthcorr", "penguins", "user"),
+    "dataset": ("multidigits", "synthcorr", "penguins", "user", "hf"),
     **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
     "architecture": ("hps", "mmoe"),
@@ -96,7 +96,14 @@ class RunConfig:
     num_clients: int = _key(6, low=1, doc="simulated clients (federation size)")
     samples_per_client: int = _key(500, low=10)
     data_file: str = _key("", doc="dataset 'user': CSV/NPZ data file (node config overrides)")
-    schema_file: str = _key("", doc="dataset 'user': task schema (JSON) for the data file")
+    schema_file: str = _key("", doc="dataset 'user'/'hf': task schema (JSON) for the data")
+    hf_dataset: str = _key(
+        "",
+        doc="dataset 'hf': a Hugging Face Hub name (flwrlabs/celeba) or a local folder/file "
+        "that datasets.load_dataset reads (parquet, arrow, csv, json, an image folder); a "
+        "node's own 'hf-dataset' (node config) takes precedence in a deployment",
+    )
+    hf_subset: str = _key("", doc="dataset 'hf': the data set's subset (config name)")
     partitioner: str = _key("dirichlet")
     dirichlet_alpha: float = _key(0.5, low=0.0, low_open=True)
     shards_per_client: int = _key(2, low=1)

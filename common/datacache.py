@@ -13,8 +13,11 @@ or none. Every load checks the manifest against the key and every file against i
 hash; an entry that fails (truncated, altered, stale, half-written) is rebuilt, never used.
 
 Where: a node's `state-dir` (node config) holds its cache under `data-cache/`; otherwise the
-run-config key `data-cache-dir`; neither: no disk cache (the in-process cache remains). The
-directory can be deleted at any time.
+run-config key `data-cache-dir`; neither: no disk cache (the in-process cache remains), except
+for dataset `hf`, whose decoded images are worth keeping: they go under the Hugging Face
+datasets cache (`HF_DATASETS_CACHE`, `fedmtl-clients/`), next to the data set's own Arrow
+files, so a partition's images are decoded once per machine. The directory can be deleted at
+any time.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from common.tasks import TaskSpec
 FORMAT = 1
 MANIFEST = "manifest.json"
 SUBDIR = "data-cache"  # under a node's state dir
+HF_SUBDIR = "fedmtl-clients"  # dataset hf without a cache dir: under the datasets cache
 # Run-config keys that the data builders read (tests/test_datacache.py checks the list
 # against what building every dataset actually reads).
 DATA_KEYS: tuple[str, ...] = (
@@ -50,6 +54,8 @@ DATA_KEYS: tuple[str, ...] = (
     "samples-per-client",
     "data-file",
     "schema-file",
+    "hf-dataset",
+    "hf-subset",
     "partitioner",
     "dirichlet-alpha",
     "shards-per-client",
@@ -58,18 +64,39 @@ DATA_KEYS: tuple[str, ...] = (
     "synth-correlation",
 )
 # The modules whose code decides the data, and the libraries they call.
-SOURCES: tuple[str, ...] = ("datasets.py", "federation.py", "userdata.py", "tasks.py")
-LIBRARIES: tuple[str, ...] = ("numpy", "scikit-learn", "flwr-datasets", "palmerpenguins")
+SOURCES: tuple[str, ...] = (
+    "datasets.py",
+    "federation.py",
+    "userdata.py",
+    "userschema.py",
+    "hfdata.py",
+    "tasks.py",
+)
+LIBRARIES: tuple[str, ...] = (
+    "numpy",
+    "scikit-learn",
+    "flwr-datasets",
+    "palmerpenguins",
+    "datasets",
+    "pillow",
+)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def cache_dir_for(node_config: Any, cfg: RunConfig) -> Path | None:
     """Where this client's data cache lives: under the node's state dir, else the run
-    config's `data-cache-dir`, else nowhere."""
+    config's `data-cache-dir`, else (dataset `hf`) under the Hugging Face datasets cache,
+    else nowhere."""
     state_dir = str(node_config.get("state-dir", "") or "")
     if state_dir:
         return Path(state_dir) / SUBDIR
-    return Path(cfg.data_cache_dir) if cfg.data_cache_dir else None
+    if cfg.data_cache_dir:
+        return Path(cfg.data_cache_dir)
+    if cfg.dataset == "hf":
+        from datasets import config
+
+        return Path(config.HF_DATASETS_CACHE) / HF_SUBDIR
+    return None
 
 
 def client_data(
@@ -117,12 +144,23 @@ def data_key(
         "client-id": partition_id if client_id is None else client_id,
         "tasks": tasks,
         "files": {k: _file_stamp(values[k]) for k in ("data-file", "schema-file") if values[k]},
+        "hf-data": _hf_stamp(cfg),
         "code": _code_stamp(),
     }
 
 
 def digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _hf_stamp(cfg: RunConfig) -> dict[str, Any] | None:
+    """Dataset `hf`: every file of a local data set (path, size, modification time), so that
+    a rewritten set gets new entries; a Hub name stands for itself."""
+    if cfg.dataset != "hf":
+        return None
+    from common.hfdata import data_stamp
+
+    return data_stamp(cfg)
 
 
 def _file_stamp(path: str) -> dict[str, Any]:

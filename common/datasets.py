@@ -1,9 +1,10 @@
-"""Offline datasets: each builder returns a `Pool` — all examples of a federation, with the
+"""Datasets: each builder returns a `Pool` — all examples of a federation, with the
 labels of every task, the column that partitioners split by, and the task specs.
 
-Everything is generated or read from disk (scikit-learn's digits, the CSV that
-`palmerpenguins` ships, a site's own file for `user`); nothing is downloaded. Builders are pure
-functions of their seed and files.
+Everything but `hf` is generated or read from disk (scikit-learn's digits, the CSV that
+`palmerpenguins` ships, a site's own file for `user`); nothing is downloaded. `hf` reads a
+Hugging Face data set (`common.hfdata`), local or from the Hub; its clients load only their
+own partition. Builders are pure functions of their seed and files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import csv
 import importlib.resources
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,6 +21,18 @@ from common.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from common.config import RunConfig
+
+
+class Rows(Protocol):
+    """Inputs that are read when indexed: `rows[idx]` is a float32 array of those rows (the
+    images of an `hf` data set are decoded only for the rows a client takes)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -30,10 +43,10 @@ class Pool:
     `fixed_split`, where a dataset decides it, is the split of every example (TRAIN, VAL or
     TEST): MultiDigits builds each split's pairs from its own pool of digit images, so no
     image is in two splits; `natural_group` is a natural client id where the data have one
-    (Penguins' islands).
+    (Penguins' islands). `x` is an array, or `Rows` read on indexing.
     """
 
-    x: np.ndarray
+    x: np.ndarray | Rows
     y: dict[str, np.ndarray]
     tasks: list[TaskSpec]
     partition_by: np.ndarray
@@ -278,11 +291,15 @@ def penguins() -> Pool:
     )
 
 
+# Datasets whose input shape and tasks come from a schema file: the server has no data.
+SCHEMA_DATASETS: tuple[str, ...] = ("user", "hf")
+
+
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
     """Input shape of the configured dataset (the server builds the encoder from it).
 
-    Known without building the data: for `user` it comes from the schema file alone, since
-    the server has no data file.
+    Known without building the data: for `user` and `hf` it comes from the schema file
+    (an `hf` image input without `size`: from the data set's first image alone).
     """
     if cfg.dataset == "multidigits":
         return (8, 16)
@@ -294,27 +311,39 @@ def input_shape(cfg: RunConfig) -> tuple[int, ...]:
         from common.userdata import user_schema
 
         return user_schema(cfg).input_shape
+    if cfg.dataset == "hf":
+        from common.hfdata import hf_input_shape
+
+        return hf_input_shape(cfg)
     return build_pool(cfg, 1).input_shape
+
+
+def task_specs(cfg: RunConfig) -> list[TaskSpec]:
+    """Every task of the configured dataset, as the clients' specs have it; from the schema
+    alone for `user` and `hf`."""
+    if cfg.dataset == "multidigits":
+        return list(MULTIDIGITS_TASKS)
+    if cfg.dataset == "penguins":
+        return list(PENGUINS_TASKS)
+    if cfg.dataset in SCHEMA_DATASETS:
+        from common.userdata import user_schema
+
+        return list(user_schema(cfg).tasks)
+    return build_pool(cfg, 1).tasks
 
 
 def dataset_tasks(cfg: RunConfig) -> list[str]:
     """Task names of the configured dataset, without building its data."""
-    if cfg.dataset == "multidigits":
-        return [t.name for t in MULTIDIGITS_TASKS]
     if cfg.dataset == "synthcorr":
         return [f"t{t}" for t in range(cfg.synth_tasks)]
-    if cfg.dataset == "penguins":
-        return [t.name for t in PENGUINS_TASKS]
-    if cfg.dataset == "user":
-        from common.userdata import user_schema
-
-        return user_schema(cfg).task_names
-    return build_pool(cfg, 1).task_names
+    return [t.name for t in task_specs(cfg)]
 
 
 def build_pool(cfg: RunConfig, num_partitions: int) -> Pool:
     """The configured dataset's pool: `samples-per-client` examples per partition for the
-    generated datasets; Penguins and `user` are fixed data (all of it, whatever the count)."""
+    generated datasets; Penguins, `user` and `hf` are fixed data (all of it, whatever the
+    count; `hf` reads its images only when indexed, and its clients never build this pool:
+    they load their own partition)."""
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset '{cfg.dataset}' is unknown; valid: {sorted(DATASETS)}")
     return DATASETS[cfg.dataset](cfg, num_partitions)
@@ -328,6 +357,12 @@ def _user(cfg: RunConfig, num_partitions: int) -> Pool:
     return user_pool(cfg)
 
 
+def _hf(cfg: RunConfig) -> Pool:
+    from common.hfdata import hf_pool
+
+    return hf_pool(cfg)
+
+
 DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
     "multidigits": lambda cfg, n: multidigits(cfg.samples_per_client * n, cfg.seed),
     "synthcorr": lambda cfg, n: synthcorr(
@@ -338,4 +373,5 @@ DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
     ),
     "penguins": lambda cfg, n: penguins(),
     "user": _user,
+    "hf": lambda cfg, n: _hf(cfg),
 }

@@ -3,6 +3,8 @@
 Partitioning uses Flower Datasets' partitioners on an index column, so the same partitioner
 objects users know from `FederatedDataset` decide which example goes where. Results are cached
 per process and per partitioning: virtual clients that share an actor reuse them read-only.
+Dataset `hf` goes through `FederatedDataset` itself: a client loads only its own partition
+(`common.hfdata`), never the whole data set.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def cached_pool(cfg: RunConfig, num_partitions: int) -> Pool:
 @lru_cache(maxsize=4)
 def partition_indices(cfg: RunConfig, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Example indices of every partition, from Flower Datasets' partitioners."""
+    if cfg.dataset == "hf":
+        from common.hfdata import partition_rows
+
+        return partition_rows(cfg, num_partitions)
     pool = cached_pool(cfg, num_partitions)
     if len(pool) < num_partitions:
         raise ConfigError(
@@ -156,8 +162,7 @@ def load_client_data(
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     client_id = partition_id if client_id is None else client_id
-    pool = cached_pool(cfg, num_partitions)
-    idx = partition_indices(cfg, num_partitions)[partition_id]
+    pool, idx = _client_rows(cfg, partition_id, num_partitions)
     if len(idx) == 0:
         raise ConfigError(f"client {client_id}: its partition of '{cfg.dataset}' is empty")
     if tasks:
@@ -166,6 +171,11 @@ def load_client_data(
         names = client_tasks(cfg, pool.task_names, client_id, max(num_partitions, client_id + 1))
     tasks = tuple(t for t in pool.tasks if t.name in names)
     train_idx, val_idx, test_idx = split_indices(pool, idx, cfg.seed + client_id)
+    if len(train_idx) == 0:
+        raise ConfigError(
+            f"client {client_id}: its partition of '{cfg.dataset}' holds no train rows "
+            f"({len(val_idx)} val, {len(test_idx)} test); every client needs train rows"
+        )
     return ClientData(
         client_id=client_id,
         tasks=tasks,
@@ -176,21 +186,38 @@ def load_client_data(
     )
 
 
+def _client_rows(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[Pool, np.ndarray]:
+    """The pool a client's examples come from and their indices in it. For `hf` the pool is
+    the client's own partition (`FederatedDataset.load_partition`), its images decoded only
+    when the splits take them, and not kept: the client's splits are all that stays."""
+    if cfg.dataset == "hf":
+        from common.hfdata import client_pool
+
+        pool = client_pool(cfg, partition_id, num_partitions)
+        return pool, np.arange(len(pool))
+    return cached_pool(cfg, num_partitions), partition_indices(cfg, num_partitions)[partition_id]
+
+
 def split_indices(
     pool: Pool, idx: np.ndarray, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train/validation/test split of one client's examples, stratified where possible.
 
     Where the dataset fixes each example's split (MultiDigits: one pool of digit images per
-    split), the client's examples keep it; the dataset spreads the splits evenly within each
-    label so that partitions get about the configured shares.
+    split; a `split_by` column or a data set's own splits), the client's examples keep it; a
+    client without validation rows carves them from its train rows (stratified, the share
+    `val_fraction` would have of train + val). MultiDigits spreads the splits evenly within
+    each label so that partitions get about the configured shares.
     """
+    rng = np.random.default_rng(seed)
+    val_share = val_fraction / (1.0 - test_fraction)
     if pool.fixed_split is not None:
         marks = pool.fixed_split[idx]
-        return idx[marks == TRAIN], idx[marks == VAL], idx[marks == TEST]
-    rng = np.random.default_rng(seed)
+        train, val, test = idx[marks == TRAIN], idx[marks == VAL], idx[marks == TEST]
+        if len(val) == 0 and len(train) > 0:
+            train, val = _stratified_split(train, pool.partition_by[train], val_share, rng)
+        return train, val, test
     rest, test = _stratified_split(idx, pool.partition_by[idx], test_fraction, rng)
-    val_share = val_fraction / (1.0 - test_fraction)
     train, val = _stratified_split(rest, pool.partition_by[rest], val_share, rng)
     return train, val, test
 

@@ -19,8 +19,17 @@ Schema (JSON object):
       ],
       "partition_by": "dx",    # optional: label that dirichlet/shards skew and splits stratify
       "group_by": "site",      # optional: natural clients in a shared file (partitioner natural)
+      "split_by": "split",     # optional: a column of train / val / test (predefined splits)
       "description": "..."     # optional, free text
     }
+
+Dataset `hf` (`common.hfdata`) reads the same schema, with two more forms:
+
+      "inputs": {"image": "image", "size": [64, 64], "channels": 3,
+                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},   # one image column
+      "splits": {"train": "train", "val": "valid", "test": "test"},  # the data set's splits
+
+Boolean columns are binary labels (false 0, true 1), in a data set and in a CSV.
 
 Offsets and scales live in the shared schema, not computed from each site's data: every site
 must map inputs and targets the same way for a shared encoder and shared heads to make sense.
@@ -32,246 +41,54 @@ Everything is checked when the data are loaded, and every error names the file, 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.tasks import TASK_KINDS, TaskSpec
+from common.tasks import TaskSpec
+from common.userschema import SPLIT_NAMES, UserDataError, UserSchema, load_schema
 
 if TYPE_CHECKING:
     from common.config import RunConfig
     from common.datasets import Pool
 
 DATA_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
-SCHEMA_KEYS: tuple[str, ...] = ("inputs", "tasks", "partition_by", "group_by", "description")
-ARRAY_INPUT_KEYS: tuple[str, ...] = ("array", "shape")
-INPUT_KEYS: tuple[str, ...] = ("column", "offset", "scale")
-TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "multiclass": ("name", "kind", "column", "num_classes"),
-    "binary": ("name", "kind", "column", "num_classes"),
-    "regression": ("name", "kind", "column", "offset", "scale"),
-}
-# Cell values read as "missing" in a CSV (case-insensitive, after stripping blanks).
 MISSING_TOKENS: frozenset[str] = frozenset({"", "na", "nan", "n/a", "null", "none"})
-
-
-class UserDataError(ValueError):
-    """A user data file or schema is invalid; the message names the file, column and row."""
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    names: tuple[str, ...]
-    array: str | None
-    shape: tuple[int, ...]
-    offsets: tuple[float, ...]
-    scales: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class UserSchema:
-    """A validated task schema. `inputs` lists columns/arrays, each fed to the model as
-    (value - offset) / scale; `input_array` is the NPZ array form (then `inputs` is empty and
-    `input_shape` comes from the schema)."""
-
-    path: Path
-    inputs: tuple[str, ...]
-    input_offset: tuple[float, ...]
-    input_scale: tuple[float, ...]
-    input_array: str | None
-    input_shape: tuple[int, ...]
-    tasks: tuple[TaskSpec, ...]
-    columns: dict[str, str]  # task name -> column (CSV) or array (NPZ)
-    partition_by: str | None
-    group_by: str | None
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-
-def load_schema(schema_file: str | Path) -> UserSchema:
-    """Read and validate a task schema; it needs no data file (the server has none)."""
-    path = Path(schema_file)
-    where = f"schema file '{path}'"
-    if not path.is_file():
-        raise UserDataError(f"{where} does not exist (run-config key 'schema-file')")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise UserDataError(f"{where} is not UTF-8 text (byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise UserDataError(
-            f"{where} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-        ) from None
-    if not isinstance(raw, dict):
-        raise UserDataError(f"{where}: the top level must be a JSON object with 'inputs', 'tasks'")
-    _check_keys(raw, SCHEMA_KEYS, where, required=("inputs", "tasks"))
-
-    spec_in = _parse_inputs(raw["inputs"], where)
-    inputs, input_array = spec_in.names, spec_in.array
-    tasks_raw = raw["tasks"]
-    if not isinstance(tasks_raw, list) or not tasks_raw:
-        raise UserDataError(f"{where}: 'tasks' must be a non-empty list of task objects")
-    tasks, columns = [], {}
-    for i, entry in enumerate(tasks_raw):
-        spec, column = _parse_task(entry, f"{where}, tasks[{i}]")
-        if spec.name in columns:
-            raise UserDataError(f"{where}, tasks[{i}]: task name '{spec.name}' appears twice")
-        if column in inputs or column == input_array:
-            raise UserDataError(
-                f"{where}, tasks[{i}] ('{spec.name}'): column '{column}' is also an input; "
-                "a target must not be fed to the model"
-            )
-        tasks.append(spec)
-        columns[spec.name] = column
-    optional = {}
-    for key in ("partition_by", "group_by"):
-        value = raw.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise UserDataError(f"{where}: '{key}' must be a column name (string), got {value!r}")
-        optional[key] = value
-    return UserSchema(
-        path=path,
-        inputs=inputs,
-        input_offset=spec_in.offsets,
-        input_scale=spec_in.scales,
-        input_array=input_array,
-        input_shape=spec_in.shape,
-        tasks=tuple(tasks),
-        columns=columns,
-        partition_by=optional["partition_by"],
-        group_by=optional["group_by"],
-    )
-
-
-def _check_keys(raw: dict, valid: Sequence[str], where: str, required: Sequence[str]) -> None:
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise UserDataError(f"{where}: unknown keys {unknown}; valid keys: {list(valid)}")
-    missing = [k for k in required if k not in raw]
-    if missing:
-        raise UserDataError(f"{where}: missing required keys {missing}")
-
-
-def _parse_inputs(raw: Any, where: str) -> _Inputs:
-    if isinstance(raw, dict):
-        _check_keys(raw, ARRAY_INPUT_KEYS, f"{where}, 'inputs'", required=ARRAY_INPUT_KEYS)
-        name, shape = raw["array"], raw["shape"]
-        if not isinstance(name, str) or not name:
-            raise UserDataError(f"{where}: 'inputs.array' must be an array name (string)")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-        ):
-            raise UserDataError(
-                f"{where}: 'inputs.shape' must be a list of positive integers (the shape of one "
-                f"example, e.g. [8, 16]), got {shape!r}"
-            )
-        return _Inputs((), name, tuple(shape), (), ())
-    if not isinstance(raw, list) or not raw:
-        raise UserDataError(
-            f"{where}: 'inputs' must be a non-empty list of columns or "
-            '{"array": name, "shape": [...]}'
-        )
-    names, offsets, scales = [], [], []
-    for i, entry in enumerate(raw):
-        at = f"{where}, inputs[{i}]"
-        if isinstance(entry, dict):
-            _check_keys(entry, INPUT_KEYS, at, required=("column",))
-            column = entry["column"]
-            offset, scale = _offset_scale(entry, at)
-        else:
-            column, offset, scale = entry, 0.0, 1.0
-        if not isinstance(column, str) or not column:
-            raise UserDataError(
-                f"{at}: an input is a column name or "
-                f'{{"column": name, "offset": o, "scale": s}}, got {entry!r}'
-            )
-        names.append(column)
-        offsets.append(offset)
-        scales.append(scale)
-    dupes = sorted({c for c in names if names.count(c) > 1})
-    if dupes:
-        raise UserDataError(f"{where}: 'inputs' lists columns {dupes} more than once")
-    return _Inputs(tuple(names), None, (len(names),), tuple(offsets), tuple(scales))
-
-
-def _offset_scale(raw: dict, where: str) -> tuple[float, float]:
-    """`offset` (default 0) and `scale` (default 1, > 0) of an input or regression target."""
-    offset, scale = raw.get("offset", 0.0), raw.get("scale", 1.0)
-    for key, value in (("offset", offset), ("scale", scale)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserDataError(f"{where}: '{key}' must be a number, got {value!r}")
-    if not (math.isfinite(offset) and math.isfinite(scale) and scale > 0):
-        raise UserDataError(
-            f"{where}: needs a finite 'offset' and a finite 'scale' > 0, got {offset}, {scale}"
-        )
-    return float(offset), float(scale)
-
-
-def _parse_task(raw: Any, where: str) -> tuple[TaskSpec, str]:
-    if not isinstance(raw, dict):
-        raise UserDataError(f"{where}: a task must be a JSON object, got {raw!r}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise UserDataError(f"{where}: missing required key 'name' (a non-empty string)")
-    where = f"{where} ('{name}')"
-    kind = raw.get("kind")
-    if kind is None:
-        raise UserDataError(
-            f"{where}: missing required key 'kind'; valid kinds: {list(TASK_KINDS)}"
-        )
-    if kind not in TASK_KEYS:
-        raise UserDataError(f"{where}: unknown kind {kind!r}; valid kinds: {list(TASK_KINDS)}")
-    _check_keys(raw, TASK_KEYS[kind], where, required=("name", "kind"))
-    column = raw.get("column", name)
-    if not isinstance(column, str) or not column:
-        raise UserDataError(f"{where}: 'column' must be a column name (string), got {column!r}")
-    if kind == "regression":
-        offset, scale = _offset_scale(raw, where)
-        return TaskSpec(name, "regression", offset=offset, scale=scale), column
-    default = 2 if kind == "binary" else None
-    k = raw.get("num_classes", default)
-    if k is None:
-        raise UserDataError(f"{where}: missing required key 'num_classes' (an integer >= 2)")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise UserDataError(f"{where}: 'num_classes' must be an integer >= 2, got {k!r}")
-    if kind == "binary" and k != 2:
-        raise UserDataError(f"{where}: a binary task has num_classes 2, got {k}")
-    return TaskSpec(name, kind, k), column
 
 
 # --------------------------------------------------------------------------- data files
 
 
 @dataclass
-class _Columns:
-    """Raw columns of a data file plus how to name a row in an error message."""
+class Columns:
+    """Raw columns of a data source plus how to name it and a row in an error message."""
 
-    file: str
+    source: str  # "data file 'site.csv'", "data set 'flwrlabs/celeba'"
     n: int
     get: Callable[[str, str], np.ndarray]  # (column, role) -> raw values (n,) or (n, ...)
     row: Callable[[int], str]
-    kind: str  # "column" (CSV) or "array" (NPZ)
+    kind: str  # "column" (CSV, data set) or "array" (NPZ)
 
 
 def load_user_pool(data_file: str | Path, schema_file: str | Path) -> Pool:
     """One site's data as a `Pool`, validated against its schema.
 
     Inputs become float32 features; classification labels int64 in 0..num_classes-1;
-    regression targets float32 in their own units (the spec's offset/scale normalise the loss).
+    regression targets float32 in their own units (the spec's offset/scale normalise the loss);
+    a `split_by` column fixes every row's split.
     """
-    from common.datasets import Pool
-
     schema = load_schema(schema_file)
+    if schema.image is not None or schema.splits is not None:
+        key = "inputs.image" if schema.image is not None else "splits"
+        raise UserDataError(
+            f"schema file '{schema.path}': '{key}' is read by dataset 'hf' (a data set that "
+            "datasets.load_dataset reads, local or on the Hub); a CSV/NPZ file has numeric "
+            "'inputs' and its predefined splits in a 'split_by' column"
+        )
     path = Path(data_file)
     if not path.is_file():
         raise UserDataError(f"data file '{path}' does not exist (run/node-config key 'data-file')")
@@ -284,24 +101,38 @@ def load_user_pool(data_file: str | Path, schema_file: str | Path) -> Pool:
         raise UserDataError(
             f"data file '{path}': unsupported type '{suffix}'; valid: {list(DATA_SUFFIXES)}"
         )
+    return pool_from_columns(cols, schema, numeric_inputs(cols, schema))
 
+
+def numeric_inputs(cols: Columns, schema: UserSchema) -> np.ndarray:
+    """The schema's numeric inputs (columns or one array) as float32 rows."""
     if schema.input_array is not None:
         x = _numeric(cols, schema.input_array, cols.get(schema.input_array, "input"), "input")
         if x.shape[1:] != schema.input_shape:
             raise UserDataError(
-                f"data file '{cols.file}': array '{schema.input_array}' holds examples of shape "
-                f"{list(x.shape[1:])}, the schema says {list(schema.input_shape)}"
+                f"{cols.source}: {cols.kind} '{schema.input_array}' holds examples of shape "
+                f"{list(x.shape[1:])}, the schema says {list(schema.input_shape or ())}"
             )
     else:
         x = np.stack([_numeric(cols, c, cols.get(c, "input"), "input") for c in schema.inputs], 1)
         x = (x - np.array(schema.input_offset)) / np.array(schema.input_scale)
+    return x.astype(np.float32)
+
+
+def pool_from_columns(cols: Columns, schema: UserSchema, x: Any) -> Pool:
+    """A `Pool` of the rows in `cols`: labels, partitioning columns and predefined splits read
+    and checked against the schema; `x` are the inputs, read by the caller (numeric columns
+    here, images in `common.hfdata`)."""
+    from common.datasets import Pool
+
     y = {}
     for task in schema.tasks:
         column = schema.columns[task.name]
         role = f"task '{task.name}'"
-        y[task.name] = _labels(
-            cols, column, task, _numeric(cols, column, cols.get(column, role), role)
-        )
+        raw = cols.get(column, role)
+        if task.kind == "binary":
+            raw = _booleans(raw)
+        y[task.name] = _labels(cols, column, task, _numeric(cols, column, raw, role))
 
     if schema.partition_by is not None:
         partition_by, _ = _categories(cols, schema.partition_by, "partition_by")
@@ -312,17 +143,19 @@ def load_user_pool(data_file: str | Path, schema_file: str | Path) -> Pool:
     natural_group, group_names = None, []
     if schema.group_by is not None:
         natural_group, group_names = _categories(cols, schema.group_by, "group_by")
+    fixed_split = split_marks(cols, schema.split_by) if schema.split_by is not None else None
     return Pool(
-        x=x.astype(np.float32),
+        x=x,
         y=y,
         tasks=list(schema.tasks),
         partition_by=np.asarray(partition_by, np.int64),
+        fixed_split=fixed_split,
         natural_group=natural_group,
         group_names=group_names,
     )
 
 
-def _read_csv(path: Path) -> _Columns:
+def _read_csv(path: Path) -> Columns:
     file = f"data file '{path}'"
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -363,8 +196,8 @@ def _read_csv(path: Path) -> _Columns:
         j = index[column]
         return np.array([r[j].strip() for r in rows], dtype=object)
 
-    return _Columns(
-        file=str(path),
+    return Columns(
+        source=file,
         n=len(rows),
         get=get,
         row=lambda i: f"row {i + 1} (line {lines[i]})",
@@ -372,7 +205,7 @@ def _read_csv(path: Path) -> _Columns:
     )
 
 
-def _read_npz(path: Path, schema: UserSchema) -> _Columns:
+def _read_npz(path: Path, schema: UserSchema) -> Columns:
     file = f"data file '{path}'"
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -407,14 +240,14 @@ def _read_npz(path: Path, schema: UserSchema) -> _Columns:
             )
         return a
 
-    return _Columns(
-        file=str(path), n=n, get=get, row=lambda i: f"row {i + 1} (index {i})", kind="array"
+    return Columns(
+        source=file, n=n, get=get, row=lambda i: f"row {i + 1} (index {i})", kind="array"
     )
 
 
-def _numeric(cols: _Columns, name: str, raw: np.ndarray, role: str) -> np.ndarray:
+def _numeric(cols: Columns, name: str, raw: np.ndarray, role: str) -> np.ndarray:
     """Float64 values of a column; the first missing, non-numeric or infinite value fails."""
-    where = f"data file '{cols.file}', {cols.kind} '{name}' ({role})"
+    where = f"{cols.source}, {cols.kind} '{name}' ({role})"
     if raw.dtype.kind in "biuf":
         values = raw.astype(np.float64)
     elif raw.dtype.kind in "OUS":
@@ -434,7 +267,7 @@ def _numeric(cols: _Columns, name: str, raw: np.ndarray, role: str) -> np.ndarra
     return values
 
 
-def _numeric_by_cell(cols: _Columns, where: str, raw: np.ndarray) -> np.ndarray:
+def _numeric_by_cell(cols: Columns, where: str, raw: np.ndarray) -> np.ndarray:
     """Cell-by-cell conversion: slow, but it names the row of the first bad cell."""
     values = np.empty(raw.shape, np.float64)
     per_row, out = raw.reshape(cols.n, -1), values.reshape(cols.n, -1)
@@ -452,11 +285,11 @@ def _numeric_by_cell(cols: _Columns, where: str, raw: np.ndarray) -> np.ndarray:
     return values
 
 
-def _labels(cols: _Columns, name: str, task: TaskSpec, values: np.ndarray) -> np.ndarray:
+def _labels(cols: Columns, name: str, task: TaskSpec, values: np.ndarray) -> np.ndarray:
     """Targets of one task in the dtype the heads expect, range-checked for classification."""
     if task.kind == "regression":
         return values.astype(np.float32)
-    where = f"data file '{cols.file}', {cols.kind} '{name}' (task '{task.name}')"
+    where = f"{cols.source}, {cols.kind} '{name}' (task '{task.name}')"
     valid = "0 or 1 (binary task)" if task.kind == "binary" else f"0..{task.num_classes - 1}"
     bad = (values != np.round(values)) | (values < 0) | (values > task.num_classes - 1)
     if bad.any():
@@ -468,13 +301,47 @@ def _labels(cols: _Columns, name: str, task: TaskSpec, values: np.ndarray) -> np
     return values.astype(np.int64)
 
 
-def _categories(cols: _Columns, name: str, key: str) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (sorted order) of a categorical column such as a site or a label."""
-    raw = cols.get(name, f"schema '{key}'")
-    where = f"data file '{cols.file}', {cols.kind} '{name}' (schema '{key}')"
+def _booleans(raw: np.ndarray) -> np.ndarray:
+    """Text 'true'/'false' (any case) as '1'/'0': a boolean column is a binary label.
+    Numbers and real booleans pass unchanged."""
+    if raw.dtype.kind not in "OUS":
+        return raw
+    text = np.array([_text(v).strip().lower() for v in raw.tolist()], dtype=object)
+    return np.where(text == "true", "1", np.where(text == "false", "0", raw))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def split_marks(cols: Columns, name: str) -> np.ndarray:
+    """TRAIN, VAL or TEST of every row, from a column of 'train' / 'val' / 'test' (any case)."""
+    from common.datasets import TEST, TRAIN, VAL
+
+    raw = cols.get(name, "schema 'split_by'")
+    where = f"{cols.source}, {cols.kind} '{name}' (schema 'split_by')"
     if raw.ndim != 1:
         raise UserDataError(f"{where}: must be 1-D, got shape {list(raw.shape)}")
-    text = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()])
+    text = np.array([_text(v).strip().lower() for v in raw.tolist()], dtype=object)
+    marks = np.full(cols.n, -1, np.int8)
+    for mark, value in zip((TRAIN, VAL, TEST), SPLIT_NAMES, strict=True):
+        marks[text == value] = mark
+    if (marks < 0).any():
+        i = int(np.argmax(marks < 0))
+        raise UserDataError(
+            f"{where}, {cols.row(i)}: unknown split {_text(raw[i])!r}; valid values: "
+            f"{list(SPLIT_NAMES)}"
+        )
+    return marks
+
+
+def _categories(cols: Columns, name: str, key: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (sorted order) of a categorical column such as a site or a label."""
+    raw = cols.get(name, f"schema '{key}'")
+    where = f"{cols.source}, {cols.kind} '{name}' (schema '{key}')"
+    if raw.ndim != 1:
+        raise UserDataError(f"{where}: must be 1-D, got shape {list(raw.shape)}")
+    text = np.array([_text(v) for v in raw.tolist()])
     for i, value in enumerate(text):
         if value.strip().lower() in MISSING_TOKENS:
             raise UserDataError(f"{where}, {cols.row(i)}: missing value ({value!r})")
@@ -491,7 +358,7 @@ def _path(cfg: RunConfig, key: str) -> str:
     value = cfg.data_file if key == "data-file" else cfg.schema_file
     if not value:
         raise ConfigError(
-            f"dataset 'user' needs run-config key '{key}' (a path; a node's own "
+            f"dataset '{cfg.dataset}' needs run-config key '{key}' (a path; a node's own "
             f"'{key}' in its node config takes precedence in a deployment)"
         )
     return value
@@ -504,5 +371,6 @@ def user_pool(cfg: RunConfig) -> Pool:
 
 
 def user_schema(cfg: RunConfig) -> UserSchema:
-    """The configured schema alone: what the server needs, without any data file."""
+    """The configured schema alone (datasets `user` and `hf`): what the server needs, without
+    any data."""
     return load_schema(_path(cfg, "schema-file"))

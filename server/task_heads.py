@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.algorithms import get_algorithm
 from common.config import RunConfig
-from common.datasets import build_pool, input_shape
+from common.datasets import input_shape, task_specs
 from common.models import MultiTaskModel, encoder_for, task_of
 from common.records import TASK_ARRAYS, arrays_from_model, model_task_keys
 from common.tasks import TaskSpec
@@ -30,14 +30,10 @@ from common.tasks import TaskSpec
 
 @lru_cache(maxsize=4)
 def dataset_task_specs(cfg: RunConfig) -> tuple[TaskSpec, ...]:
-    """Every task of the configured dataset, as the clients' specs have it. For `user` from
-    the schema alone (the server has no data file); otherwise from a one-partition pool.
-    A head's shape depends only on its task's kind and class count."""
-    if cfg.dataset == "user":
-        from common.userdata import user_schema
-
-        return tuple(user_schema(cfg).tasks)
-    return tuple(build_pool(cfg, 1).tasks)
+    """Every task of the configured dataset, as the clients' specs have it. For `user` and
+    `hf` from the schema alone (the server has no data). A head's shape depends only on its
+    task's kind and class count."""
+    return tuple(task_specs(cfg))
 
 
 def initial_task_arrays(cfg: RunConfig) -> ArrayRecord:

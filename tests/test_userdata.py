@@ -380,3 +380,136 @@ def test_valid_data_round_trips(case: tuple[dict, dict[str, list]], as_npz: bool
         else:
             assert got.dtype == np.int64
             assert got.tolist() == columns[task["name"]]
+
+
+# ------------------------------------------------------------------ predefined splits
+
+SPLITS = ["train"] * 12 + ["val"] * 3 + ["test"] * 5  # rows 0-11, 12-14, 15-19
+
+
+def split_file(tmp: Path, splits: list[str], extra: dict | None = None) -> tuple[Path, Path]:
+    """A CSV whose first input is the row's index, so a split's rows are known by identity."""
+    lines = ["rid,b,dx,flag,los,split"]
+    lines += [f"{i},0.5,{i % 3},{i % 2},3,{s}" for i, s in enumerate(splits)]
+    schema = {**SCHEMA, "inputs": ["rid", "b"], "split_by": "split", **(extra or {})}
+    return write(tmp, lines, schema)
+
+
+def split_config(data: Path, schema: Path, clients: int) -> Any:
+    return parse_run_config(
+        {
+            "dataset": "user",
+            "data-file": str(data),
+            "schema-file": str(schema),
+            "partitioner": "iid",
+            "num-clients": clients,
+            "min-nodes": 1,
+        }
+    )
+
+
+def rows(split: Any) -> list[int]:
+    return sorted(split.x[:, 0].astype(int).tolist())
+
+
+def test_a_split_column_fixes_the_train_val_and_test_rows(tmp_path: Path) -> None:
+    """One node with its whole file: it trains on exactly the 'train' rows, selects on the
+    'val' rows and reports on exactly the 'test' rows (rows known by their index input)."""
+    from common.federation import load_client_data
+
+    data, schema = split_file(tmp_path, SPLITS)
+    mine = load_client_data(split_config(data, schema, 1), 0, 1)
+    assert rows(mine.train) == list(range(12))
+    assert rows(mine.val) == [12, 13, 14]
+    assert rows(mine.test) == [15, 16, 17, 18, 19]
+    assert mine.train.y["diagnosis"].tolist() == [i % 3 for i in range(12)]
+
+
+def test_partitioned_clients_keep_each_rows_split(tmp_path: Path) -> None:
+    """A shared file split among clients: every row stays in its split, so the clients' test
+    rows together are exactly the file's test rows (the test set other frameworks use)."""
+    from common.federation import load_client_data
+
+    data, schema = split_file(tmp_path, SPLITS)
+    cfg = split_config(data, schema, 2)
+    clients = [load_client_data(cfg, i, 2) for i in range(2)]
+    assert sorted(r for c in clients for r in rows(c.test)) == [15, 16, 17, 18, 19]
+    assert sorted(r for c in clients for r in rows(c.train) + rows(c.val)) == list(range(15))
+
+
+def test_without_val_rows_validation_is_carved_from_train(tmp_path: Path) -> None:
+    from common.federation import load_client_data
+
+    data, schema = split_file(tmp_path, ["train"] * 15 + ["test"] * 5)
+    mine = load_client_data(split_config(data, schema, 1), 0, 1)
+    assert rows(mine.test) == [15, 16, 17, 18, 19]
+    assert len(mine.val) >= 2 and len(mine.train) >= 10
+    assert sorted(rows(mine.train) + rows(mine.val)) == list(range(15))
+
+
+def test_unknown_split_value_names_file_column_row_value_and_the_valid_ones(
+    tmp_path: Path,
+) -> None:
+    data, schema = split_file(tmp_path, ["train", "train", "Train", "validation", "test"])
+    fails(
+        data,
+        schema,
+        "site.csv",
+        "column 'split'",
+        "row 4 (line 5)",
+        "'validation'",
+        "['train', 'val', 'test']",
+    )
+
+
+def test_missing_split_column_is_named(tmp_path: Path) -> None:
+    data, schema = write(tmp_path, GOOD_ROWS, {**SCHEMA, "split_by": "fold"})
+    fails(data, schema, "site.csv", "column 'fold'", "split_by", "is missing")
+
+
+def test_true_false_text_is_a_binary_label(tmp_path: Path) -> None:
+    lines = ["a,b,dx,flag,los", "1,2,0,true,3", "1,2,1,False,3", "1,2,2,TRUE,3"]
+    data, schema = write(tmp_path, lines)
+    assert load_user_pool(data, schema).y["flag"].tolist() == [1, 0, 1]
+    data, schema = write(tmp_path, [*lines, "1,2,0,maybe,3"])
+    fails(data, schema, "column 'flag'", "row 4", "'maybe'")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        ({"splits": {"train": "train", "test": "test"}}, ["'split_by'", "'splits'", "not both"]),
+        ({"split_by": 3}, ["'split_by'", "column name"]),
+    ],
+)
+def test_malformed_split_keys_are_named(tmp_path: Path, extra: dict, needles: list[str]) -> None:
+    data, schema = split_file(tmp_path, SPLITS, extra)
+    fails(data, schema, "site.schema.json", *needles)
+
+
+def test_image_inputs_and_splits_are_for_dataset_hf(tmp_path: Path) -> None:
+    image = {**SCHEMA, "inputs": {"image": "photo", "size": [8, 8]}}
+    data, schema = write(tmp_path, GOOD_ROWS, image)
+    fails(data, schema, "'inputs.image'", "dataset 'hf'")
+    splits = {**SCHEMA, "splits": {"train": "train", "test": "test"}}
+    data, schema = write(tmp_path, GOOD_ROWS, splits)
+    fails(data, schema, "'splits'", "dataset 'hf'", "split_by")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "needles"),
+    [
+        ({"image": "img", "size": [32]}, ["'size'", "[height, width]"]),
+        ({"image": "img", "channels": 4}, ["'channels'", "[1, 3]"]),
+        ({"image": "img", "mean": [0.5, 0.5]}, ["'mean'", "3 numbers"]),
+        ({"image": "img", "std": 0}, ["'std'", "> 0"]),
+        ({"image": "img", "resize": True}, ["unknown keys ['resize']"]),
+    ],
+)
+def test_malformed_image_inputs_are_named(tmp_path: Path, inputs: dict, needles: list[str]) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**SCHEMA, "inputs": inputs}))
+    with pytest.raises(UserDataError) as err:
+        load_schema(path)
+    for needle in ["s.json", *needles]:
+        assert needle in str(err.value), f"{needle!r} not in {err.value}"
