@@ -131,3 +131,26 @@ def test_quiet_output_of_a_default_run_is_short_with_the_test_examples(
     for task in summary["per_task"]:
         n = sum(int(t[task]["n"]) for t in summary["per_client"].values() if task in t)
         assert f"| {n:,} (min " in rows[task], (task, n, rows[task])
+
+
+def _console_scripts() -> dict[str, str]:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(_console_scripts()))
+def test_every_console_script_says_what_it_does_with_an_example(
+    script: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    module, func = _console_scripts()[script].split(":")
+    with pytest.raises(SystemExit) as done:
+        getattr(importlib.import_module(module), func)(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: {script} "), text[:200]  # the name the user typed
+    assert "example" in text and f"  {script} " in text, f"{script} --help shows no example"
+    assert "honest" not in text
