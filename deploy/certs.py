@@ -236,8 +236,25 @@ def _write_public(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
+DESCRIPTION = """\
+Create the certificates and keys a secured deployment needs, in one directory: a private CA,
+the SuperLink's TLS certificate for the names nodes dial (--san), and one key pair per
+SuperNode for node authentication. Re-running keeps the CA and node keys (deployed nodes
+keep working) and re-issues the server certificate; --force replaces everything."""
+
+EPILOG = """\
+example:
+  fedmtl-certs --out certs --san localhost --san 127.0.0.1 --nodes 3
+then: fedmtl-deploy run --certs certs --nodes 3, or docs/DEPLOYMENT.md for several hosts."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fedmtl-certs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="directory to write into")
     parser.add_argument(
         "--san",

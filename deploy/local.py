@@ -504,7 +504,7 @@ def _run(args: argparse.Namespace) -> int:
     parse_run_config({"num-clients": args.nodes, **overrides})  # fail before any process
     with _deployment(args) as dep:
         outcome = dep.submit(overrides, timeout=args.timeout)
-    return report_outcome(outcome, f"\nlogs: {dep.logs}")
+    return report_outcome(outcome, f"\nlogs: {dep.logs}", quiet=args.quiet)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -576,8 +576,27 @@ def _add_common(p: argparse.ArgumentParser, *, certs_help: str) -> None:
     )
 
 
+DESCRIPTION = """\
+Try a real Flower deployment on this machine: a SuperLink with TLS, N SuperNodes that
+authenticate with their own keys, the app run once on them (run) or left up for your own
+`flwr run` (up), a log per process, everything stopped at the end. `commands` prints the
+command lines for the same deployment on several hosts."""
+
+EPILOG = """\
+examples:
+  fedmtl-deploy run --nodes 3 -c num-server-rounds=5   # up, run, summary, down
+  fedmtl-deploy up --nodes 3                            # keep it up until Ctrl-C
+  fedmtl-deploy commands --certs certs --superlink-host 10.0.0.5 --nodes 3
+Run-config keys (-c key=value): fedmtl-run --help; docs/DEPLOYMENT.md for the topology."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fedmtl-deploy",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("run", "start, run the app once, print the summary, stop everything"),

@@ -21,6 +21,7 @@ from typing import Any
 
 from common.config import STRING_KEYS, RunConfig, parse_run_config
 from deploy.processes import stop_process_group
+from server.failures import RUN_FAILED, one_line, strip_ansi
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state"
@@ -155,8 +156,8 @@ def stream_run(
                 out.lines.append((now, line.rstrip()))
                 if not out.run_id and (m := RUN_ID.search(line)):
                     out.run_id = m.group(1)
-                if echo and ("fedmtl |" in line or "ERROR" in line or "Error" in line):
-                    print(line.rstrip().split("fedmtl | ", 1)[-1], flush=True)
+                if echo and (shown := echoed(line)) is not None:
+                    print(shown, flush=True)
                 if stop_when is not None and stop_when(out.lines):
                     out.stopped = True
                     break
@@ -169,6 +170,17 @@ def stream_run(
     out.wall_s = time.perf_counter() - t0
     out.expired = expired.is_set()
     return out
+
+
+def echoed(line: str) -> str | None:
+    """What the terminal shows of a streamed line: the ServerApp's own `fedmtl |` lines
+    (rounds, warnings), without Flower's prefix. Not Ray's and Flower's tracebacks of client
+    errors (the ServerApp names each distinct one, with its clients), nor the ServerApp's
+    'run failed' line (`report_outcome` prints the failure once, at the end); the full log
+    is in flower.log."""
+    if RUN_FAILED in line or "fedmtl | " not in line:
+        return None
+    return strip_ansi(line.rstrip().split("fedmtl | ", 1)[1])
 
 
 def flower_status(env: dict[str, str], connection: str, run_id: str = "") -> str:
@@ -232,38 +244,79 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """A Markdown table of the final round's test metrics per task."""
+METRICS = ("test/accuracy", "test/macro_f1", "test/mae", "test/rmse", "test/r2")
+HEADLINES = ("test/accuracy", "test/mae")  # one row per task in the compact table
+
+
+def summary_table(summary: dict[str, Any], compact: bool = False) -> str:
+    """A Markdown table of the final round's test metrics per task (`compact`: only the
+    metric a task is judged by). `test examples` is the number of test examples behind the
+    task's mean, over the clients holding it: small per-client test sets move per-client
+    accuracy in coarse steps."""
     rows = [
-        "| task | metric | mean over clients | weighted | std | worst 10 % | last-5 mean |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| task | metric | mean over clients | weighted | std | worst 10 % | last-5 mean "
+        "| clients | test examples |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, metrics in summary.get("per_task", {}).items():
-        for name in ("test/accuracy", "test/macro_f1", "test/mae", "test/rmse", "test/r2"):
+        for name in HEADLINES if compact else METRICS:
             if name in metrics:
                 m = metrics[name]
                 rows.append(
                     f"| {task} | {name[5:]} | {m['mean']:.4f} | {m['weighted']:.4f} | "
-                    f"{m['std']:.4f} | {m['worst10']:.4f} | {m['last5_mean']:.4f} |"
+                    f"{m['std']:.4f} | {m['worst10']:.4f} | {m['last5_mean']:.4f} | "
+                    f"{m.get('clients', '')} | {_examples(m)} |"
                 )
     return "\n".join(rows)
 
 
-def report_outcome(outcome: Outcome, where: str = "") -> int:
-    """Print the summary table, totals and where the results are; 1 when the run failed."""
-    if outcome.summary:
+def _examples(stats: dict[str, Any]) -> str:
+    """'412 (min 18 per client)' from a per-task stats entry ('' from an older summary)."""
+    if "examples" not in stats:
+        return ""
+    return f"{stats['examples']:,} (min {stats['min_examples']} per client)"
+
+
+def failure_reason(outcome: Outcome) -> str:
+    """Why the run failed, in one line: summary.json's error (each distinct client error
+    once, with its clients), else the last error line of flower.log."""
+    if outcome.summary and outcome.summary.get("error"):
+        return str(outcome.summary["error"])
+    last = last_error_line(outcome.log_path)
+    return (last + "; " if last else "") + f"no summary.json; see {outcome.log_path}"
+
+
+def last_error_line(log_path: Path) -> str:
+    """The last 'SomeError: message' line of a log, cleaned of colour codes ('' if none)."""
+    if not log_path.exists():
+        return ""
+    found = ""
+    for line in log_path.read_text(errors="replace").splitlines():
+        line = strip_ansi(line).strip()
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failed)\b.*: \S", line):
+            found = line
+    return one_line(found)
+
+
+def report_outcome(outcome: Outcome, where: str = "", *, quiet: bool = False) -> int:
+    """Print the summary table, totals and where the results are, or, when the run failed,
+    why (one line) and where the full log is; 1 when the run failed. `quiet`: one row per
+    task in the table."""
+    has_rows = bool(outcome.summary and outcome.summary.get("per_task"))
+    if outcome.summary and has_rows:
         print()
-        print(summary_table(outcome.summary))
+        print(summary_table(outcome.summary, compact=quiet))
         print(
             f"\nbytes up {outcome.summary['bytes_up']:,}  down {outcome.summary['bytes_down']:,}  "
             f"wall time {outcome.wall_time_s:.1f}s"
         )
     print(f"results: {outcome.results_dir}{where}")
     if not outcome.ok:
-        err = (outcome.summary or {}).get("error", f"no summary.json; see {outcome.log_path}")
         print(
-            f"run FAILED (summary: {outcome.status}, flower: {outcome.flower_status}): {err}",
+            f"run FAILED (summary: {outcome.status}, flower: {outcome.flower_status}): "
+            f"{failure_reason(outcome)}",
             file=sys.stderr,
         )
+        print(f"full log: {outcome.log_path}", file=sys.stderr)
         return 1
     return 0

@@ -20,6 +20,7 @@ from common.datasets import input_shape
 from common.models import MultiTaskModel, count_parameters, encoder_for
 from common.records import arrays_from_model, model_shared_keys
 from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
+from server.failures import RUN_FAILED, one_line, strip_ansi
 from server.metered_grid import MeteredGrid
 from server.privacy import accountant_of, wrap_central_dp
 from server.results import RunResults
@@ -102,8 +103,14 @@ def main(grid: Grid, context: Context) -> None:
             pending=pending,
         )
     except Exception as err:
-        log(ERROR, "fedmtl | run failed: %s", err)
-        results.finish("failed", error=f"{type(err).__name__}: {err}", extra=flags)
+        error = one_line(strip_ansi(f"{type(err).__name__}: {err}"))
+        log(ERROR, "%s%s", RUN_FAILED, error)
+        client_errors = getattr(err, "client_errors", [])
+        results.finish(
+            "failed",
+            error=error,
+            extra={**flags, **({"client_errors": client_errors} if client_errors else {})},
+        )
         traceback.print_exc()
         raise
     results.finish(

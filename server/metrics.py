@@ -95,6 +95,10 @@ def per_task(clients: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[
                 "std": float(v.std()),
                 "worst10": float(worst.mean()),
                 "clients": len(v),
+                # The test examples behind the mean: per-client scores of small test sets
+                # move in coarse steps (1/n), which these make visible.
+                "examples": int(w.sum()),
+                "min_examples": int(w.min()),
             }
     return out
 

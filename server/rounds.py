@@ -45,6 +45,7 @@ from common.randomness import warn_seeded_noise
 from common.records import EVALUATE_ROUND, EVALUATION_METRICS, EVALUATION_TASKS, TASK_ARRAYS
 from common.resume import STATE_MISSING, TRAINED_CLIENTS, encode_clients
 from server.checkpoint import save_checkpoint
+from server.failures import describe, group_failures
 from server.metered_grid import MeteredGrid
 from server.metrics import TASK_RECORD, per_client, per_task
 from server.privacy import accountant_of, check_budget, privacy_after_round, release, unreleasable
@@ -58,7 +59,12 @@ TAIL = ("bytes_up", "bytes_down", "seconds")  # the last keys of a row, as alway
 
 
 class RoundFailed(RuntimeError):
-    """Too few usable replies were left in a round."""
+    """Too few usable replies were left in a round; `client_errors` groups the rejected
+    replies by reason (`server.failures.group_failures`), for summary.json."""
+
+    def __init__(self, message: str, client_errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.client_errors = client_errors or []
 
 
 @dataclass
@@ -102,13 +108,16 @@ def flower_train_phase(
         on_evaluation(outcome)
     missing = len(messages) - len(replies)
     if len(good) < min(cfg.min_nodes, len(messages)):
-        reasons = [f"client {r.client}: {r.reason}" for r in rejected]
+        groups = group_failures(rejected)
+        reasons = [describe(groups)] if groups else []
         if missing:
             reasons.append(f"{missing} client(s) sent no reply within {cfg.round_timeout:g}s")
         raise RoundFailed(
             f"round {rnd}: {len(good)} usable training replies of {len(messages)}, fewer than "
-            f"min-nodes = {cfg.min_nodes}; " + "; ".join(reasons)
+            f"min-nodes = {cfg.min_nodes}; " + "; ".join(reasons),
+            groups,
         )
+    log_rejections(rnd, "training updates", rejected)
     extra: dict[str, Any] = {"rejected": [r.as_dict() for r in rejected], "no_reply": missing}
     problems = [f"client {r.client}: {r.reason}" for r in rejected]
     problems += [f"{missing} client(s) sent no reply"] if missing else []
@@ -220,6 +229,7 @@ def evaluation_outcome(
     connected nodes), aggregate the usable ones: the evaluation keys of its metrics line."""
     good, refused = validator.check_evaluate(rnd, replies, live_nodes=live)
     refused = [*rejected, *refused]
+    log_rejections(rnd, "evaluations", refused)
     out: dict[str, Any] = {
         "eval_failures": sent - len(good),
         "eval_rejected": [r.as_dict() for r in refused],
@@ -365,6 +375,13 @@ def with_evaluation(row: Row, evaluation: dict[str, Any]) -> Row:
 def log_row(results: RunResults, row: Row, total: int) -> None:
     results.log_round(row)
     log(INFO, "fedmtl | %s", round_line(row, total))
+
+
+def log_rejections(rnd: int, what: str, rejected: list[Rejection]) -> None:
+    """One warning per distinct reason, naming the clients that gave it: ten clients with the
+    same error are one line, not ten."""
+    for group in group_failures(rejected):
+        log(WARNING, "fedmtl | round %d: %s rejected from %s", rnd, what, describe([group]))
 
 
 def refuse_lost_state(rnd: int, trained: TrainOutcome) -> None:

@@ -21,18 +21,17 @@ import statistics
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from logging import WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.common.logger import log
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from common.config import RunConfig
 from common.datasets import dataset_tasks
 from common.models import task_of
 from common.records import ARRAYS, TASK_ARRAYS
+from server.failures import ERROR_REPLY, client_error
 from server.metrics import SPLITS, TASK_RECORD, metric_problem
 
 TRAIN_METRICS = ("num-examples", "train-loss")
@@ -394,7 +393,9 @@ class ReplyValidator:
         good: list[Message] = []
         rejected: list[Rejection] = []
         for msg in replies:
-            reason = f"error reply: {msg.error.reason}" if msg.has_error() else problem(msg)
+            reason = (
+                ERROR_REPLY + client_error(msg.error.reason) if msg.has_error() else problem(msg)
+            )
             if reason:
                 rejected.append(self._rejection(msg, reason))
             else:
@@ -497,16 +498,7 @@ class ReplyValidator:
 def _finish(
     server_round: int, what: str, good: list[Message], rejected: list[Rejection]
 ) -> tuple[list[Message], list[Rejection]]:
-    """Log the rejections; sort the rest by client so the same seed sums in the same order."""
-    for r in rejected:
-        log(
-            WARNING,
-            "fedmtl | round %d: %s from node %d (client %s) rejected: %s",
-            server_round,
-            what,
-            r.node,
-            r.client,
-            r.reason,
-        )
+    """Sort the accepted replies by client so the same seed sums in the same order. (The
+    round loop logs the rejections, grouped by reason, or puts them in the round's failure.)"""
     good.sort(key=lambda m: client_of(m).zfill(12))
     return good, rejected

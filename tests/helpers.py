@@ -136,3 +136,39 @@ def strategy_round(
     arrays, _ = strategy.aggregate_train(rnd, replies)  # type: ignore[attr-defined]
     assert arrays is not None, f"{type(strategy).__name__} aggregated nothing in round {rnd}"
     return {k: np.asarray(v.numpy()) for k, v in arrays.items()}
+
+
+# --- a user-data federation (dataset `user`) ---
+
+USER_SCHEMA: dict[str, Any] = {
+    "inputs": ["a", "b", "c"],
+    "tasks": [
+        {"name": "diagnosis", "kind": "multiclass", "column": "dx", "num_classes": 3},
+        {"name": "flag", "kind": "binary"},
+        {"name": "los", "kind": "regression", "offset": 5, "scale": 2},
+    ],
+    "partition_by": "dx",
+}
+
+
+def user_federation(
+    directory: Path, rows: int = 240, seed: int = 0, bad_cell: tuple[int, str] | None = None
+) -> tuple[Path, Path]:
+    """A generated CSV data file and its schema (the format of README's 'Bring your own
+    data'): labels that depend on the inputs, so there is something to learn.
+    `bad_cell` = (row, text) writes `text` into that row's `dx` cell."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    dx = np.digitize(x[:, 0] + 0.3 * rng.normal(size=rows), [-0.4, 0.4])
+    flag = (x[:, 1] > 0).astype(int)
+    los = 5 + 2 * x[:, 2] + 0.2 * rng.normal(size=rows)
+    lines = ["a,b,c,dx,flag,los"]
+    for i in range(rows):
+        label = bad_cell[1] if bad_cell and bad_cell[0] == i else str(dx[i])
+        lines.append(f"{x[i, 0]:.4f},{x[i, 1]:.4f},{x[i, 2]:.4f},{label},{flag[i]},{los[i]:.3f}")
+    data, schema = directory / "site.csv", directory / "site.schema.json"
+    data.write_text("\n".join(lines) + "\n")
+    schema.write_text(json.dumps(USER_SCHEMA))
+    return data, schema

@@ -14,6 +14,8 @@ Modules: `grid` (settings, rows, cells), `run` (through the kit's runner), `refe
     python -m experiments.compare                          # the default suite -> docs/RESULTS.md
     python -m experiments.compare --datasets multidigits --alphas 0.5 \\
         --algorithms local fedper single-task --seeds 0 1 -c num-server-rounds=5
+    python -m experiments.compare --datasets user --data-file F --schema-file S \\
+        --algorithms local fedavg fedper --seeds 0 1   # your own CSV/NPZ: no targets
 """
 
 from __future__ import annotations

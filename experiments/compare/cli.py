@@ -10,12 +10,12 @@ from common.config import CHOICES, parse_run_config
 from deploy.runs import REPO, parse_overrides
 from experiments.compare.grid import (
     FEDERATED,
+    FILE_DATA,
     METHODS,
-    PENGUINS,
     Grid,
     TransferSpec,
     default_grid,
-    dirichlet_setting,
+    settings_of,
 )
 from experiments.compare.page import write_reports
 from experiments.compare.references import REFERENCES
@@ -24,7 +24,21 @@ from experiments.kit import cli
 from experiments.kit.report import command
 from experiments.kit.runner import GridRun, hms
 
-DESCRIPTION = "Compare algorithms on a grid of (dataset, α, algorithm, weighting, strategy, seed)."
+DESCRIPTION = """\
+Compare federated learning methods on the same data, splits and model: Local, Local
+single-task, FedAvg, FedAvg-FT, FedPer, FedRep, Ditto, FedRoD and the centralized
+references, over a grid of (dataset, partitioning, algorithm, weighting, strategy, seed).
+Writes compare.csv, table.md (mean ± std over seeds) and plots under the grid directory;
+finished cells are skipped, so an interrupted grid resumes where it stopped."""
+
+EPILOG = """\
+examples:
+  fedmtl-compare --datasets multidigits --alphas 0.5 --algorithms local fedavg fedper \\
+      --seeds 0 1 -c num-server-rounds=5
+  fedmtl-compare --datasets user --data-file mydata.csv --schema-file mydata.schema.json \\
+      --algorithms local fedavg fedper --seeds 0 1 -c num-clients=10
+  fedmtl-compare --report-only --grid-dir results/compare/custom   # tables from disk
+With no options it runs the default suite behind docs/RESULTS.md (hours on a laptop)."""
 
 
 def build_grid(args: argparse.Namespace) -> tuple[Grid, bool]:
@@ -36,11 +50,10 @@ def build_grid(args: argparse.Namespace) -> tuple[Grid, bool]:
     ) or bool(args.run_config)
     if args.datasets is not None or args.alphas is not None:
         datasets = args.datasets or ["multidigits"]
-        alphas = args.alphas or [0.5]
+        files = data_files(args, datasets)
+        partitioner = parse_overrides(args.run_config).get("partitioner", "dirichlet")
         grid.settings = [
-            PENGUINS if d == "penguins" else dirichlet_setting(d, a)
-            for d in datasets
-            for a in ([0] if d == "penguins" else alphas)
+            s for d in datasets for s in settings_of(d, args.alphas or [0.5], files, partitioner)
         ]
     for key in ("algorithms", "weightings", "strategies", "seeds"):
         value = getattr(args, key)
@@ -50,10 +63,20 @@ def build_grid(args: argparse.Namespace) -> tuple[Grid, bool]:
     if args.no_transfer:
         grid.transfer = None
     else:
-        # Natural partitions (penguins' islands) cannot leave a client out of the partitioning.
-        candidates = [x.label for x in grid.settings if x.config.get("partitioner") != "natural"]
+        # Natural partitions (penguins' islands) cannot leave a client out of the partitioning;
+        # a shared data file (user, hf) partitioned for N − h clients overlaps its N-client
+        # partitioning, so the new clients' examples would be in the federation.
+        candidates = [
+            x.label
+            for x in grid.settings
+            if x.config.get("partitioner") != "natural" and x.config["dataset"] not in FILE_DATA
+        ]
         if args.transfer_setting and args.transfer_setting not in candidates:
-            raise SystemExit(f"--transfer-setting must be one of {candidates}")
+            raise SystemExit(
+                f"--transfer-setting must be one of {candidates} (not natural partitions, "
+                f"not {list(FILE_DATA)}: their held-out clients would share the federation's "
+                "examples)"
+            )
         default = grid.transfer.setting if grid.transfer else ""
         setting = args.transfer_setting or (default if default in candidates else None)
         setting = setting or (candidates[0] if candidates else None)
@@ -78,11 +101,50 @@ def build_grid(args: argparse.Namespace) -> tuple[Grid, bool]:
     return grid, not custom
 
 
+def data_files(args: argparse.Namespace, datasets: list[str]) -> dict[str, str]:
+    """`data-file` / `schema-file` of the user's data, as absolute paths (the runs start in
+    another directory); both required with `--datasets user`."""
+    files = {
+        key: str(Path(value).resolve())
+        for key, value in (("data-file", args.data_file), ("schema-file", args.schema_file))
+        if value
+    }
+    if "user" in datasets and len(files) < 2:
+        raise SystemExit(
+            "--datasets user needs --data-file F (CSV or NPZ) and --schema-file S (its task "
+            "schema); see README.md, 'Bring your own data'"
+        )
+    if files and not any(d in FILE_DATA for d in datasets):
+        raise SystemExit(f"--data-file / --schema-file go with --datasets {' or '.join(FILE_DATA)}")
+    for key, path in files.items():
+        if not Path(path).is_file():
+            raise SystemExit(f"--{key} {path}: no such file")
+    return files
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=DESCRIPTION)
+    p = argparse.ArgumentParser(
+        prog="fedmtl-compare",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cli.add_study_options(p, seeds=None)
-    p.add_argument("--datasets", nargs="+", choices=("multidigits", "synthcorr", "penguins"))
-    p.add_argument("--alphas", nargs="+", type=float, help="Dirichlet α (not for penguins)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=CHOICES["dataset"],
+        help="settings to compare on; 'user' is your own CSV/NPZ (--data-file, --schema-file)",
+    )
+    p.add_argument("--data-file", help="your data file (CSV with a header, or NPZ)")
+    p.add_argument("--schema-file", help="its task schema (JSON; README: Bring your own data)")
+    p.add_argument(
+        "--alphas",
+        nargs="+",
+        type=float,
+        help="Dirichlet α of the partitioning (not for penguins; for your data unless "
+        "-c partitioner=... names another)",
+    )
     p.add_argument("--algorithms", nargs="+", help=f"rows, from {list(METHODS)}")
     p.add_argument("--weightings", nargs="+", choices=CHOICES["weighting"])
     p.add_argument("--strategies", nargs="+", choices=CHOICES["strategy"])

@@ -78,6 +78,28 @@ def natural_setting(dataset: str, num_clients: int) -> Setting:
 
 
 PENGUINS = natural_setting("penguins", 3)
+# Data sets read from files the user names (`data-file`, `schema-file`, or the run config's
+# other keys for them) rather than generated or bundled.
+FILE_DATA = tuple(d for d in ("user", "hf") if d in CHOICES["dataset"])
+
+
+def settings_of(
+    dataset: str, alphas: list[float], files: dict[str, str], partitioner: str = "dirichlet"
+) -> list[Setting]:
+    """The settings of one `--datasets` entry: penguins' islands; one Dirichlet setting per
+    α; for the user's data (`files`: its data-file / schema-file) the same, or one setting
+    with the run config's own partitioner when it names another (iid, natural, ...)."""
+    if dataset == "penguins":
+        return [PENGUINS]
+    if dataset not in FILE_DATA:
+        return [dirichlet_setting(dataset, a) for a in alphas]
+    extra = tuple(files.items())
+    if partitioner != "dirichlet":
+        return [Setting(f"{dataset}-{partitioner}", (("dataset", dataset), *extra))]
+    return [
+        Setting(s.label, (*s.overrides, *extra))
+        for s in (dirichlet_setting(dataset, a) for a in alphas)
+    ]
 
 
 @dataclass(frozen=True)
