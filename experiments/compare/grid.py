@@ -3,12 +3,14 @@ references), cells, the run config of each cell, and when a cell is finished."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.config import CHOICES, parse_run_config
 from deploy.runs import REPO
+from experiments.celeba_like import CELEBA_SUBSET, celeba_like_schema, write_celeba_like
 from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED, SINGLE_TASK
 from experiments.compare.transfer import FRACTIONS, federation_overrides
 from experiments.kit import cells as kit_cells
@@ -48,6 +50,7 @@ class Setting:
 
     label: str
     overrides: tuple[tuple[str, Any], ...]
+    methods: tuple[str, ...] | None = None  # this setting's rows, where not every grid row
 
     @property
     def config(self) -> dict[str, Any]:
@@ -78,6 +81,44 @@ def natural_setting(dataset: str, num_clients: int) -> Setting:
 
 
 PENGUINS = natural_setting("penguins", 3)
+# CelebA's layout, generated offline (`experiments.celeba_like`): 32x32 RGB faces, clients =
+# identities, five boolean attributes of which three show in the image, one is the same for
+# all of an identity's images and one is noise. The federated rows that matter for it.
+CELEBA_LIKE_DIR = REPO / "results" / "compare" / "data" / "celeba-like"
+CELEBA_LIKE_METHODS = ("local", "fedavg", "fedper", "fedrod")
+
+
+def celeba_like_setting(folder: Path = CELEBA_LIKE_DIR, identities: int = 6) -> Setting:
+    """The generated CelebA-schema setting: `dataset = "hf"` on `folder` (written by
+    `prepare_data`), natural partitioning by identity, the CNN encoder."""
+    return Setting(
+        "celeba-like",
+        (
+            ("dataset", "hf"),
+            ("hf-dataset", str(folder / "data")),
+            ("hf-subset", CELEBA_SUBSET),
+            ("schema-file", str(folder / "celeba-like.schema.json")),
+            ("partitioner", "natural"),
+            ("num-clients", identities),
+            ("encoder", "cnn"),
+        ),
+        methods=CELEBA_LIKE_METHODS,
+    )
+
+
+def prepare_data(grid: Grid) -> None:
+    """Write the generated data sets the grid's settings name and do not find on disk."""
+    for setting in grid.settings:
+        if setting.label != "celeba-like":
+            continue
+        folder = Path(setting.config["hf-dataset"]).parent
+        schema = Path(setting.config["schema-file"])
+        if not (folder / "data").is_dir():
+            write_celeba_like(folder / "data", identities=int(setting.config["num-clients"]))
+        if not schema.is_file():
+            schema.write_text(json.dumps(celeba_like_schema(), indent=2) + "\n", encoding="utf-8")
+
+
 # Data sets read from files the user names (`data-file`, `schema-file`, or the run config's
 # other keys for them) rather than generated or bundled.
 FILE_DATA = tuple(d for d in ("user", "hf") if d in CHOICES["dataset"])
@@ -163,8 +204,9 @@ class Grid:
     def cells(self) -> list[Cell]:
         out: list[Cell] = []
         for setting in self.settings:
+            methods = [m for m in self.methods if m in (setting.methods or self.methods)]
             for seed in self.seeds:
-                for method in self.methods:
+                for method in methods:
                     if method == SINGLE_TASK:  # one task per model: nothing to weight
                         out.append(Cell(setting, method, "ew", "none", seed, SINGLE_TASK))
                         continue
@@ -250,6 +292,7 @@ def default_grid(grid_dir: Path | None = None) -> Grid:
             dirichlet_setting("multidigits", 5.0),
             PENGUINS,
             dirichlet_setting("synthcorr", 0.5),
+            celeba_like_setting(),
         ],
         methods=list(METHODS),
         weightings=["ew"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from deploy.simulation import SimulationEngine
-from experiments.compare.grid import CELL_TIMEOUT_S, Cell, Grid
+from experiments.compare.grid import CELL_TIMEOUT_S, Cell, Grid, prepare_data
 from experiments.compare.references import run_reference
 from experiments.compare.transfer import run_adaptation
 from experiments.kit.cells import read_record
@@ -42,6 +42,7 @@ def run_grid(
     """Run every cell that is not finished; returns counts. References and transfer
     adaptation go to `workers` worker processes (0: in this process, before the
     simulations)."""
+    prepare_data(grid)
     cells = grid.cells()
     return run_jobs(
         f"compare: grid '{grid.name}'",
