@@ -3,9 +3,9 @@ attributes (some of them visible in the image), 32x32 RGB faces that show no rea
 
 For tests, studies and a first `dataset = "hf"` run without internet access:
 
-    python -m experiments.celeba_like /tmp/celeba-like
+    python -m experiments.celeba_like results/celeba-like
 
-writes `/tmp/celeba-like/data` (the data set) and `/tmp/celeba-like/celeba-like.schema.json`
+writes `results/celeba-like/data` (the data set) and `results/celeba-like/celeba-like.schema.json`
 (its task schema) and prints the `make run` command that trains on it. Only `datasets`,
 Pillow and NumPy are used: nothing here depends on fedmtl.
 """

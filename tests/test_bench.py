@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Array
 
 from deploy.simulation import federation_config
-from experiments.bench import aggregation, communication, overhead, report
+from experiments.bench import aggregation, communication, costs, overhead, report
 from experiments.bench import text as bench_text
 from experiments.bench.flower import (
     AppRun,
@@ -361,7 +361,7 @@ def test_report_states_cold_and_warm_runs_the_ray_saving_the_pfl_workload_and_fl
     assert "batch 7, 150 rounds" in text and "5.0 + 30.0 + 1.5 s" in text
     assert "| fedmtl, cold | 36.5 | 9.0 | 0.105 | 21.0 | 2.81× (2.61–3.04) |" in text
     assert "| fedmtl, warm | 28.0 |" in text and "| plain in-process loop | 12.0, 14.0 |" in text
-    tick = report.flower_facts()["vce_tick_s"]
+    tick = bench_text.flower_facts()["vce_tick_s"]
     assert "every 0.10 s (Flower's default) a wave of 1–2 messages takes 0.100 s" in text
     assert "every 0.01 s (`grid-pull-interval`, fedmtl's default) 0.062 s" in text
     assert "a wave of 50 0.188 s against 0.300 s" in text
@@ -579,7 +579,7 @@ def test_bytes_per_client_leave_out_the_evaluating_round_and_accuracy_averages_t
 
 
 def test_bare_profile_times_every_round_of_the_real_loop() -> None:
-    prof = overhead.bare_profile(
+    prof = costs.bare_profile(
         {"num-clients": 2, "num-server-rounds": 2, "samples-per-client": 60, "local-epochs": 1}
     )
     assert [r["round"] for r in prof["rounds"]] == [1, 2]

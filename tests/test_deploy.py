@@ -27,17 +27,16 @@ from flwr.common.config import parse_config_args
 from common.records import EVALUATION_TASKS, TIMING
 from deploy.certs import CertFiles, generate
 from deploy.certs import main as certs_main
-from deploy.local import (
+from deploy.flower_args import (
     TASK_POLL_ENV,
-    LocalDeployment,
     ServerTls,
-    cert_files,
     node_config,
     superexec_args,
     superexec_env,
     superlink_args,
     supernode_args,
 )
+from deploy.local import LocalDeployment, cert_files
 from deploy.local import main as local_main
 from deploy.processes import descendants, flower_env, still_running
 

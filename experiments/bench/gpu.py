@@ -10,7 +10,7 @@ This module imports torch, numpy and fedmtl's training code only (no Flower, Ray
 scikit-learn, datasets or matplotlib), so it runs on a machine that has nothing but PyTorch:
 
     python -m experiments.bench.gpu --out results/bench/gpu.json           # full size
-    python -m experiments.bench.gpu --quick --out /tmp/gpu.json            # smoke test
+    python -m experiments.bench.gpu --quick --out gpu-quick.json          # smoke test
     python -m experiments.bench --only gpu                                 # in the bench
 """
 
