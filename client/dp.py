@@ -106,6 +106,9 @@ def dp_round(
     loader = DataLoader(dataset, batch_size=cfg.batch_size, generator=sampling)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     engine = PrivacyEngine(accountant="rdp")
+    # Opacus refuses a module in eval mode, and a round that first evaluates what it
+    # received (its evaluation rides on the training message) leaves the model in it.
+    model.train()
     private_model, private_opt, private_loader = engine.make_private(
         module=model,
         optimizer=optimizer,

@@ -62,13 +62,21 @@ def _raised_type(traceback: str, message: str) -> str:
 
 def group_failures(rejections: Iterable[HasReason]) -> list[dict[str, Any]]:
     """One entry per distinct reason, in order of first appearance: the reason, the clients
-    that gave it (each once) and their count."""
+    that gave it (each once, in order) and their count."""
     groups: dict[str, list[str]] = {}
     for r in rejections:
         clients = groups.setdefault(r.reason, [])
         if r.client not in clients:
             clients.append(r.client)
-    return [{"error": e, "clients": c, "count": len(c)} for e, c in groups.items()]
+    return [
+        {"error": e, "clients": sorted(c, key=_client_order), "count": len(c)}
+        for e, c in groups.items()
+    ]
+
+
+def _client_order(client: str) -> tuple[bool, int, str]:
+    """Client ids in numeric order (replies arrive in any order), node names after them."""
+    return (not client.isdigit(), int(client) if client.isdigit() else 0, client)
 
 
 def describe(groups: list[dict[str, Any]]) -> str:

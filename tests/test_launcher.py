@@ -46,7 +46,7 @@ class ProcessWatch:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for pid, started in descendants(os.getpid()).items():
-                if pid not in self.seen:
+                if pid not in self.seen and pid not in self.before:
                     try:
                         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                     except OSError:
@@ -55,6 +55,9 @@ class ProcessWatch:
             self._stop.wait(0.2)
 
     def __enter__(self) -> ProcessWatch:
+        # What already ran (e.g. the session's own engine and its Ray head) is not the
+        # launcher's.
+        self.before = set(descendants(os.getpid()))
         self._thread.start()
         return self
 

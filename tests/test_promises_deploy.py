@@ -53,7 +53,8 @@ def test_the_runtime_api_of_every_supernode_listens_on_loopback(
 ) -> None:
     local_main(["commands", "--superlink-host", "fl.example.org", "--certs", "/c", "--nodes", "2"])
     lines = capsys.readouterr().out.splitlines()
-    nodes = [ln.split() for ln in lines if ln.startswith("flower-supernode")]
+    # Each command may start with its environment (VAR=value flower-supernode ...).
+    nodes = [ln.split() for ln in lines if "flower-supernode" in ln.split()]
     assert len(nodes) == 2
     for args in nodes:
         assert args[args.index("--host") + 1] == "127.0.0.1", args

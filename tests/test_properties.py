@@ -70,6 +70,9 @@ def valid_value(key: str) -> st.SearchStrategy[Any]:
         return st.integers(0, 2)
     if key == "num-malicious":  # strategy fedavg ignores it
         return st.integers(0, 10_000)
+    if key == "device":  # a device name, or cuda:N
+        named = st.sampled_from(["auto", "cpu", "cuda", "mps"])
+        return st.one_of(named, st.integers(0, 64).map(lambda n: f"cuda:{n}"))
     if key in CHOICES:
         return st.sampled_from(CHOICES[key])
     if kind is bool:

@@ -542,4 +542,8 @@ def test_all_updates_malformed_fails_with_a_clear_message(tmp_path) -> None:
     assert not outcome.ok
     error = outcome.summary["error"]
     assert "0 usable training replies of 3" in error and "min-nodes = 2" in error
-    assert "client 0" in error and "non-finite" in error
+    # One reason, with every client that gave it and their count.
+    assert "3 clients (" in error and "non-finite" in error
+    assert error.count("non-finite") == 1
+    assert [c["clients"] for c in outcome.summary["client_errors"]] == [["0", "1", "2"]]
+    assert "3 clients (0, 1, 2)" in error
