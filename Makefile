@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedmtl-installed
 TORCH := torch==2.13.0
 ARGS ?=
+# pytest worker processes. Much of a real simulation's time is Flower and Ray waiting, so
+# workers (each with its own SuperLink and Ray head) overlap those waits, even on two cores;
+# a module stays whole on one worker (--dist loadscope), so its fixtures run once.
+TEST_WORKERS ?= 3
 
 .PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy weighting
 
@@ -25,7 +29,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .

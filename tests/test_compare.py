@@ -4,7 +4,6 @@ data and model code, the transfer experiment, and Δm's sign."""
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import statistics
@@ -38,7 +37,7 @@ from experiments.compare.tables import fmt
 from experiments.compare.transfer import federation_overrides, new_clients, run_adaptation
 from experiments.kit.runner import GridRun
 from experiments.kit.scores import delta_m, relative_delta
-from tests.helpers import TINY, engine, user_federation
+from tests.helpers import TINY, engine
 
 ARGS = [
     "--datasets", "multidigits",
@@ -344,49 +343,3 @@ def test_results_page_prose_follows_the_grid_and_the_timings(tmp_path: Path) -> 
     assert "no GPU" not in page
     wall = next(t for t in targets if t.name.startswith("Whole suite"))
     assert wall.status == "met" and wall.detail.startswith("0:10:00")
-
-
-@pytest.mark.slow
-def test_compare_runs_on_the_users_own_data_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`--datasets user --data-file F --schema-file S`: the same rows on a generated CSV, the
-    CSV, table and plots, no targets (they speak of the suite's data sets), and a second
-    invocation resumes (runs nothing)."""
-    import experiments.compare.cli as compare_cli
-
-    data, schema = user_federation(tmp_path)
-    grid_dir = tmp_path / "grid"
-    argv = [
-        "--datasets", "user", "--data-file", str(data), "--schema-file", str(schema),
-        "--algorithms", "local", "fedavg", "fedper",
-        "--seeds", "0", "1",
-        "--grid-dir", str(grid_dir),
-        *[f"-c{k}={v}" for k, v in TINY.items()],
-    ]  # fmt: skip
-    session = functools.partial(compare_cli.run_grid, engine=engine())
-    monkeypatch.setattr(compare_cli, "run_grid", lambda grid, **kw: session(grid, **kw))
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "ran 6 cells" in out and "target [" not in out
-    with open(grid_dir / "compare.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert {(r["method"], r["seed"]) for r in rows} == {
-        (m, s) for m in ("local", "fedavg", "fedper") for s in ("0", "1")
-    }
-    assert {r["task"] for r in rows} == {"diagnosis", "flag", "los"}  # one row per task
-    assert {r["dataset"] for r in rows} == {"user"}
-    assert all(r["mean_cls_acc"] not in ("", "nan") for r in rows)
-    table = (grid_dir / "table.md").read_text()
-    for label in ("Local", "FedAvg", "FedPer"):
-        assert f"| {label} |" in table, table
-    assert "user" in table
-    assert list((grid_dir / "plots").glob("*.png"))
-    assert main(argv) == 0
-    assert "ran 0 cells" in capsys.readouterr().out
-
-
-def test_compare_on_user_data_needs_both_files(tmp_path: Path) -> None:
-    data, _ = user_federation(tmp_path)
-    with pytest.raises(SystemExit, match="--schema-file"):
-        build_grid(parse_args(["--datasets", "user", "--data-file", str(data)]))
