@@ -41,7 +41,21 @@ class MLPEncoder(nn.Module):
         return x
 
 
-class CNNEncoder(nn.Module):
+class ImageEncoder(nn.Module):
+    """An encoder over images given as flat rows: reshaped to `image_shape` (C, H, W), then
+    through `blocks` in order (the first `shared-layers` of them may be federated alone)."""
+
+    image_shape: tuple[int, ...]
+    blocks: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.image_shape)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class CNNEncoder(ImageEncoder):
     """Small CNN for images: `num_blocks` blocks of 3×3 convolution (same padding; 16, 32, 64,
     ... channels) + GroupNorm + ReLU + 2×2 max-pooling (while both sides are at least 2), the
     last block ending with the dense projection to `hidden`. Block granularity is what
@@ -67,12 +81,6 @@ class CNNEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.image_shape = image_shape
         self.output_dim = hidden
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1, *self.image_shape)
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -160,7 +168,7 @@ class ResNetStage(nn.Module):
         return self.head(x)
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(ImageEncoder):
     """A small ResNet for images: `num_blocks` stages of `depth` basic blocks with `width`,
     2·`width`, 4·`width`, ... channels. Every stage after the first halves the resolution
     (a strided first block) while both sides are at least 4, so small inputs (MultiDigits'
@@ -194,12 +202,6 @@ class ResNetEncoder(nn.Module):
         self.blocks = nn.ModuleList(stages)
         self.image_shape = image_shape
         self.output_dim = hidden
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1, *self.image_shape)
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 class MMoEEncoder(nn.Module):

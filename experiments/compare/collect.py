@@ -33,36 +33,6 @@ from experiments.kit.stats import mean_std
 from server.results import LAST_K
 
 RowKey = tuple[str, str, str, str]  # setting, method, weighting, strategy
-CSV_COLUMNS = (
-    "setting",
-    "dataset",
-    "alpha",
-    "method",
-    "weighting",
-    "strategy",
-    "seed",
-    "task",
-    "metric",
-    "final_mean",
-    "final_weighted",
-    "final_std_clients",
-    "final_worst10",
-    f"last{LAST_K}_mean",
-    "val_final_mean",
-    "delta_task",
-    "delta_m",
-    "mean_cls_acc",
-    "val_mean_cls_acc",
-    "shared_params",
-    "private_params",
-    "total_params",
-    "bytes_up_per_round",
-    "bytes_down_per_round",
-    "rounds",
-    "clients",
-    "wall_s",
-    "run_dir",
-)
 TASK_COLUMNS = (
     "final_mean",
     "final_weighted",
@@ -81,6 +51,23 @@ CELL_COLUMNS = (
     "total_params",
     "bytes_up_per_round",
     "bytes_down_per_round",
+)
+CSV_COLUMNS = (
+    "setting",
+    "dataset",
+    "alpha",
+    "method",
+    "weighting",
+    "strategy",
+    "seed",
+    "task",
+    "metric",
+    *TASK_COLUMNS,
+    *CELL_COLUMNS,
+    "rounds",
+    "clients",
+    "wall_s",
+    "run_dir",
 )
 
 
