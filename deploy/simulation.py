@@ -172,8 +172,12 @@ class SimulationEngine:
 
     def app_path(self) -> Path:
         """The directory to submit: the given one, or a fresh slim copy of the repository's
-        app (fresh per run, so edits between runs are picked up as `flwr run .` would)."""
-        return self.app_dir or stage_app(self.home / "app")
+        app (fresh per run, so edits between runs are picked up as `flwr run .` would). Each
+        copy has a directory of its own: runs submitted from several threads at once must
+        not restage a copy that another submission is still packing."""
+        if self.app_dir:
+            return self.app_dir
+        return stage_app(Path(tempfile.mkdtemp(prefix="app-", dir=self.home)))
 
     def submit(
         self,

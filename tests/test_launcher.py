@@ -96,8 +96,29 @@ def test_the_engine_submits_a_slim_fresh_copy_of_the_app(tmp_path) -> None:
     assert sorted(p.name for p in app.iterdir() if p.is_dir()) == ["client", "common", "server"]
     assert (app / "pyproject.toml").read_text() == (REPO / "pyproject.toml").read_text()
     assert not list(app.rglob("__pycache__"))
-    (app / "client" / "stale.py").write_text("")
     engine = SimulationEngine()
     engine.home = tmp_path  # app_path() stages under the engine's FLWR_HOME
-    assert engine.app_path() == app and not (app / "client" / "stale.py").exists()
+    staged = engine.app_path()
+    assert staged.parent == tmp_path and staged != app
+    assert sorted(p.name for p in staged.iterdir() if p.is_dir()) == ["client", "common", "server"]
     assert SimulationEngine(app_dir=REPO).app_path() == REPO
+
+
+def test_runs_submitted_at_once_each_get_a_complete_copy_of_their_own(tmp_path: Path) -> None:
+    """Several threads submitting to one engine (the bench's communication section) must not
+    restage a copy that another submission is still packing into its FAB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deploy.runs import REPO
+    from deploy.simulation import SimulationEngine
+
+    engine = SimulationEngine()
+    engine.home = tmp_path
+    with ThreadPoolExecutor(4) as pool:
+        copies = list(pool.map(lambda _: engine.app_path(), range(8)))
+    assert len(set(copies)) == 8
+
+    def modules(app: Path) -> list[str]:
+        return sorted(p.name for p in (app / "common").glob("*.py"))
+
+    assert all(modules(copy) == modules(REPO) for copy in copies)
