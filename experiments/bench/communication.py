@@ -35,7 +35,9 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "partial (shared-layers=1)": {"algorithm": "fedper", "shared-layers": 1},
 }
 CLASSIFICATION = ("left", "right", "parity", "equal")
-PARALLEL = 2
+# Runs go one at a time: two identical apps submitted together race in Flower's FAB install
+# (both write the same apps/<hash> directory; one run then finds no pyproject.toml).
+PARALLEL = 1
 
 
 def shared_parameters(overrides: dict[str, Any]) -> int:
@@ -102,8 +104,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         tag = name.split()[0] + ("-sl1" if "shared-layers" in over else "")
         algo_tags[name] = tag
         jobs.append((tag, {**_base(ctx, algo_rounds), **over}))
-    # Nothing here is timed (bytes and accuracies are fixed by the seeds), so two runs share
-    # the machine at a time.
     with BenchEngine() as engine, ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         done = dict(
             zip(

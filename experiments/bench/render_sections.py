@@ -151,8 +151,8 @@ def render_communication(s: dict[str, Any], machine: dict[str, Any]) -> list[str
         "headers included) in the rounds that only train (evaluation runs in the last round "
         f"alone; round 1 is left out: fedavg has no heads to send yet). fedper is the "
         f"compression `none` run ({s.get('compression_rounds')} rounds), the others ran "
-        f"{s.get('algorithm_rounds')} rounds. Nothing in this section is timed (seeds fix "
-        f"bytes and accuracies), so up to {PARALLEL} of its runs go at a time.",
+        f"{s.get('algorithm_rounds')} rounds. Nothing in this section is timed: seeds fix "
+        f"bytes and accuracies ({PARALLEL} run(s) at a time).",
         "",
     ]
     rows = [
