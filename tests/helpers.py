@@ -21,6 +21,7 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Context,
     Message,
     MessageType,
     MetricRecord,
@@ -78,6 +79,25 @@ def simulate(results_dir: Path, **overrides: Any) -> Outcome:
         tail = outcome.log_path.read_text()[-4000:] if outcome.log_path.exists() else ""
         pytest.fail(f"simulation failed ({outcome.status}/{outcome.flower_status}):\n{tail}")
     return outcome
+
+
+def client_context(state_dir: Path, state: RecordDict, **overrides: Any) -> Context:
+    """The Context a ClientApp gets for client 0 of 3 (TINY + overrides, `state-dir`)."""
+    run_config = {**TINY, "state-dir": str(state_dir), **overrides}
+    node = {"partition-id": 0, "num-partitions": 3}
+    return Context(run_id=1, node_id=1, node_config=node, state=state, run_config=run_config)
+
+
+def received_arrays(**overrides: Any) -> ArrayRecord:
+    """The shared arrays the server sends in round 1 under TINY + overrides."""
+    from common.algorithms import get_algorithm
+    from common.config import parse_run_config
+    from common.records import arrays_from_model, model_shared_keys
+    from server.app import initial_model
+
+    cfg = parse_run_config({**TINY, **overrides})
+    model = initial_model(cfg)
+    return arrays_from_model(model, model_shared_keys(model, get_algorithm(cfg.algorithm)))
 
 
 # --- driving a strategy by hand ---

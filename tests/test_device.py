@@ -12,20 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import RecordDict
 
 import client.app
 from client.app import open_session, train_session
 from client.state import read_state_files
 from client.train import build_model, evaluate, model_device, scaled_step, train_epochs
-from common.algorithms import get_algorithm
 from common.config import ConfigError, parse_run_config
 from common.device import autocast, check_amp, default_gpus_per_client, resolve_device
 from common.federation import load_client_data
-from common.records import arrays_from_model, model_shared_keys
 from common.weighting import EqualWeighting
-from server.app import initial_model
-from tests.helpers import TINY
+from tests.helpers import TINY, client_context, received_arrays
 
 GOLDEN = Path(__file__).parent / "data" / "bare_loop_cpu.json"
 needs_cuda = pytest.mark.skipif(
@@ -60,9 +57,9 @@ def test_a_client_asked_for_cuda_without_it_refuses_at_its_start(
 ) -> None:
     """The ClientApp resolves `device` on its own node, before it loads any state."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    context = _context(tmp_path, RecordDict(), device="cuda")
+    context = client_context(tmp_path, RecordDict(), device="cuda")
     with pytest.raises(ConfigError, match=r"'device' = 'cuda' but CUDA is not available"):
-        open_session(context, _received())
+        open_session(context, received_arrays())
 
 
 @pytest.mark.parametrize(
@@ -220,18 +217,6 @@ def test_fp16_loss_scaling_is_undone_before_the_hook_and_the_step() -> None:
 # --- state is device-independent ---
 
 
-def _context(state_dir: Path, state: RecordDict, **overrides: object) -> Context:
-    run_config = {**TINY, "state-dir": str(state_dir), **overrides}
-    node = {"partition-id": 0, "num-partitions": 3}
-    return Context(run_id=1, node_id=1, node_config=node, state=state, run_config=run_config)
-
-
-def _received(**overrides: object):
-    cfg = parse_run_config({**TINY, **overrides})
-    model = initial_model(cfg)
-    return arrays_from_model(model, model_shared_keys(model, get_algorithm(cfg.algorithm)))
-
-
 def test_private_state_leaves_as_cpu_arrays_and_loads_onto_the_configured_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +224,7 @@ def test_private_state_leaves_as_cpu_arrays_and_loads_onto_the_configured_device
     GPU here): the restored model lives on the configured device, not where the state came
     from."""
     state = RecordDict()
-    session = open_session(_context(tmp_path, state, algorithm="ditto"), _received())
+    session = open_session(client_context(tmp_path, state, algorithm="ditto"), received_arrays())
     reply = train_session(session, 1, 0.0)
     saved, _ = read_state_files(tmp_path / "default" / "client-0")
     assert saved and all(type(v) is np.ndarray for v in saved.values())
@@ -247,7 +232,7 @@ def test_private_state_leaves_as_cpu_arrays_and_loads_onto_the_configured_device
 
     monkeypatch.setattr(client.app, "resolve_device", lambda name: torch.device("meta"))
     for memory in (state, RecordDict()):  # from the client's memory, then from its disk
-        again = open_session(_context(tmp_path, memory, algorithm="ditto"), _received())
+        again = open_session(client_context(tmp_path, memory, algorithm="ditto"), received_arrays())
         for model in (again.model, again.personal):
             assert {t.device.type for t in model.state_dict().values()} == {"meta"}
 
@@ -277,12 +262,14 @@ def test_training_and_evaluation_run_on_cuda(amp: str) -> None:
 @needs_cuda
 def test_state_written_on_cuda_loads_on_the_cpu(tmp_path: Path) -> None:
     state = RecordDict()
-    gpu = open_session(_context(tmp_path, state, device="cuda"), _received(device="cuda"))
+    gpu = open_session(
+        client_context(tmp_path, state, device="cuda"), received_arrays(device="cuda")
+    )
     assert model_device(gpu.model).type == "cuda"
     train_session(gpu, 1, 0.0)
     arrays = gpu.private_arrays()
     assert all(type(v) is np.ndarray for v in arrays.values())
-    cpu = open_session(_context(tmp_path, RecordDict(), device="cpu"), _received())
+    cpu = open_session(client_context(tmp_path, RecordDict(), device="cpu"), received_arrays())
     assert model_device(cpu.model).type == "cpu"
     for key, value in cpu.private_arrays().items():
         np.testing.assert_array_equal(value, arrays[key], err_msg=key)
