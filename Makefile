@@ -29,7 +29,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadscope
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadscope --durations=25
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
