@@ -183,18 +183,34 @@ def echoed(line: str) -> str | None:
     return strip_ansi(line.rstrip().split("fedmtl | ", 1)[1])
 
 
-def flower_status(env: dict[str, str], connection: str, run_id: str = "") -> str:
+STATUS_TRIES = 3
+
+
+def flower_status(
+    env: dict[str, str], connection: str, run_id: str = "", timeout: float = 120.0
+) -> str:
     """A run's status as the SuperLink records it (e.g. 'finished:failed'); the latest run's
-    when `run_id` is empty."""
+    when `run_id` is empty; 'unknown' when the SuperLink does not say.
+
+    The query is asked up to `STATUS_TRIES` times: on a machine loaded by many runs the
+    `flwr` CLI alone can take most of a minute to start, and a run that finished must not
+    be counted as failed because the question about it timed out."""
     cmd = ["flwr", "ls", connection, "--format", "json"]
     if run_id:
         cmd += ["--run-id", run_id]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
-    try:
-        runs = json.loads(out.stdout).get("runs", [])
-    except json.JSONDecodeError:
-        return "unknown"
-    return str(runs[-1].get("status", "unknown")) if runs else "unknown"
+    for _ in range(STATUS_TRIES):
+        try:
+            out = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        try:
+            runs = json.loads(out.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            return "unknown"
+        return str(runs[-1].get("status", "unknown")) if runs else "unknown"
+    return "unknown"
 
 
 @dataclass
