@@ -1,8 +1,8 @@
 """Run configuration: the one place that lists every run-config key, its type, default and
 valid values. `pyproject.toml`'s `[tool.flwr.app.config]` carries the same defaults (a test
 keeps them equal); the ServerApp, the ClientApp and the experiments all parse through here.
-The method axes (algorithm, weighting, strategy) come from their tables, and so do the keys
-only one method reads and which methods a privacy setting refuses.
+The method axes (algorithm, weighting, strategy, aggregation) come from their tables, and so
+do the keys only one method reads and which methods a privacy setting refuses.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.aggregation_table import AGGREGATIONS
 from common.algorithms import ALGORITHMS
 from common.strategy_table import STRATEGIES
 from common.weighting_table import WEIGHTINGS
@@ -26,6 +27,7 @@ METHOD_TABLES: dict[str, Mapping[str, Any]] = {
     "algorithm": ALGORITHMS,
     "weighting": WEIGHTINGS,
     "strategy": STRATEGIES,
+    "aggregation": AGGREGATIONS,
 }
 
 # Valid names for every key that selects an implementation. The factories that turn these
@@ -88,6 +90,14 @@ class RunConfig:
     algorithm: str = _key("fedper")
     weighting: str = _key("ew")
     strategy: str = _key("fedavg")
+    aggregation: str = _key(
+        "mean",
+        doc="server combination of the encoder updates: mean, pcgrad (conflicting updates "
+        "projected), hca (FedHCA²'s conflict-averse step); with fedavg, fedprox, fedavgm",
+    )
+    hca_c: float = _key(0.4, low=0.0, doc="hca: radius of the conflict-averse step (× ‖mean‖)")
+    hca_alpha_init: float = _key(0.1, low=0.0, high=1.0, doc="hca: first weight of the step")
+    hca_lr: float = _key(0.01, low=0.0, doc="hca: learning rate of the per-client weights")
     architecture: str = _key("hps", doc="mmoe: experts built like the `encoder`, a gate per task")
     encoder: str = _key("mlp", doc="cnn, resnet (GroupNorm ResNet): images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)
@@ -256,6 +266,8 @@ class RunConfig:
         skip = set(ignored) | inactive_method_keys(values)
         if self.encoder != "resnet":
             skip |= {"resnet-depth", "resnet-width"}
+        if self.aggregation == "mean":  # as before the key existed: older checkpoints resume
+            skip.add("aggregation")
         d = {k: v for k, v in values.items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -376,6 +388,32 @@ def check_strategy_fits(cfg: RunConfig, available: int) -> None:
         )
     if cfg.strategy == "multikrum" and cfg.krum_select > n:
         raise ConfigError(f"run config 'krum-select' = {cfg.krum_select} exceeds the {n} sampled")
+    check_aggregation_fits(cfg)
+
+
+def check_aggregation_fits(cfg: RunConfig) -> None:
+    """A rule that rewrites each client's update needs the updates one by one and a strategy
+    whose step is their weighted mean."""
+    if cfg.aggregation == "mean":
+        return
+    composes = AGGREGATIONS[cfg.aggregation].strategies
+    if composes is not None and cfg.strategy not in composes:
+        raise ConfigError(
+            f"aggregation '{cfg.aggregation}' rewrites each update before a weighted mean; "
+            f"strategy '{cfg.strategy}' does not average: use {_names(list(composes))}"
+        )
+    if cfg.secagg:
+        raise ConfigError(
+            f"aggregation '{cfg.aggregation}' needs each client's own update, which secure "
+            "aggregation hides from the server (it sees only the sum); use secagg = false or "
+            "aggregation = 'mean'"
+        )
+    if cfg.privacy == "central-dp":
+        raise ConfigError(
+            f"aggregation '{cfg.aggregation}' lets one client's update change how the others' "
+            "are combined, so central DP's noise, sized for one clipped update, would not "
+            "bound a client's influence; use aggregation = 'mean' with central-dp"
+        )
 
 
 # Under DP-SGD: one backward pass per step (Opacus's per-sample hooks and Poisson sampling

@@ -20,6 +20,7 @@ from common.datasets import input_shape
 from common.models import MultiTaskModel, count_parameters, encoder_for
 from common.records import arrays_from_model, model_shared_keys
 from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
+from server.conflict_averse import wrap_aggregation
 from server.failures import RUN_FAILED, one_line, strip_ansi
 from server.metered_grid import MeteredGrid
 from server.privacy import accountant_of, wrap_central_dp
@@ -65,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
         algorithm = get_algorithm(cfg.algorithm)
         keys = model_shared_keys(model, algorithm, cfg.shared_layers)
         arrays = arrays_from_model(model, keys)
-        strategy = build_strategy(cfg)
+        strategy = wrap_aggregation(build_strategy(cfg), cfg)
         if cfg.privacy == "central-dp" and not cfg.secagg:  # SecAgg+ brings its own wrapper
             strategy = wrap_central_dp(strategy, cfg, cfg.num_clients)
         if algorithm.share_heads or algorithm.global_heads:

@@ -97,6 +97,18 @@ def test_digest_ignores_settings_of_strategies_the_config_does_not_select() -> N
     assert parse_run_config({"strategy": "fedadam", "tau": 0.1}).digest() != fedadam.digest()
 
 
+def test_the_mean_aggregation_keeps_the_digests_of_runs_made_before_the_key_existed() -> None:
+    """Checkpoints store the digest: a run checkpointed before `aggregation` existed resumes.
+    The digests below are what the code before the key computed for these configs."""
+    assert RunConfig().digest() == "c88ffb0daf25a477"
+    old = {"algorithm": "fedrep", "strategy": "fedavgm", "num-clients": 4}
+    assert parse_run_config(old).digest() == "f4f55ee0bceb2c17"
+    hca = parse_run_config({**old, "aggregation": "hca"})
+    assert hca.digest() != parse_run_config(old).digest()
+    changed = parse_run_config({**old, "aggregation": "hca", "hca-c": 0.8})
+    assert changed.digest() != hca.digest()
+
+
 def test_same_training_reads_a_recorded_config_with_todays_keys() -> None:
     from common.config import same_training
 

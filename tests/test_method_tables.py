@@ -1,7 +1,7 @@
-"""The method tables (algorithms, weightings, strategies) against what implements them: the
-weighting classes, the schedules, the strategy builders, RunConfig and pyproject. Adding a
-method is its class or function, one table line, its config field(s) and its pyproject line;
-these tests keep the four in step."""
+"""The method tables (algorithms, weightings, strategies, aggregations) against what
+implements them: the weighting classes, the schedules, the strategy and aggregation
+builders, RunConfig and pyproject. Adding a method is its class or function, one table line,
+its config field(s) and its pyproject line; these tests keep the four in step."""
 
 from __future__ import annotations
 
@@ -17,15 +17,22 @@ import torch
 
 import common.weighting
 from client.train import SCHEDULES, build_weighting
+from common.aggregation_table import AGGREGATIONS
 from common.algorithms import ALGORITHMS
 from common.config import ConfigError, RunConfig, parse_run_config
 from common.strategy_table import STRATEGIES
 from common.weighting import WEIGHTING_CLASSES, Weighting, make_weighting
 from common.weighting_table import WEIGHTINGS
+from server.conflict_averse import AGGREGATION_RULES
 from server.strategies import STRATEGY_BUILDERS
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"algorithm": ALGORITHMS, "weighting": WEIGHTINGS, "strategy": STRATEGIES}
+TABLES = {
+    "algorithm": ALGORITHMS,
+    "weighting": WEIGHTINGS,
+    "strategy": STRATEGIES,
+    "aggregation": AGGREGATIONS,
+}
 TASKS = ["a", "b"]
 # Values for keys whose default does not build the method (static has no α by default).
 REQUIRED = {"static-weights": "0.3,2"}
@@ -38,7 +45,10 @@ def attr(key: str) -> str:
 def test_config_and_tables_import_without_torch() -> None:
     """The server's config checks, the launcher and the studies' planning read the tables
     without paying for torch (seconds to import)."""
-    modules = "common.config, common.algorithms, common.weighting_table, common.strategy_table"
+    modules = (
+        "common.config, common.algorithms, common.weighting_table, common.strategy_table, "
+        "common.aggregation_table"
+    )
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m == 'torch'))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -58,6 +68,13 @@ def test_every_schedule_an_algorithm_names_exists() -> None:
 
 def test_every_strategy_in_the_table_has_its_builder() -> None:
     assert set(STRATEGY_BUILDERS) == set(STRATEGIES)
+
+
+def test_every_aggregation_in_the_table_has_its_rule() -> None:
+    assert list(AGGREGATION_RULES) == list(AGGREGATIONS)
+    for name, spec in AGGREGATIONS.items():
+        for strategy in spec.strategies or ():
+            assert strategy in STRATEGIES, f"aggregation '{name}': unknown '{strategy}'"
 
 
 def test_table_keys_are_run_config_keys_with_their_pyproject_line() -> None:

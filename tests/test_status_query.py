@@ -21,7 +21,7 @@ def fake_flwr(bin_dir: Path, hangs: int) -> Path:
     script.write_text(
         "#!/bin/sh\n"
         f'n=$(($(cat "{calls}") + 1)); echo $n > "{calls}"\n'
-        f'if [ $n -le {hangs} ]; then exec sleep 600; fi\n'
+        f"if [ $n -le {hangs} ]; then exec sleep 600; fi\n"
         f"echo '{ANSWER}'\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
