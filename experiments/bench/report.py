@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.runs import REPO
-from experiments.bench import gpu
+from experiments.bench import gpu, hfmemory
 from experiments.bench.render_overhead import render_overhead
 from experiments.bench.render_sections import (
     render_aggregation,
@@ -23,7 +23,7 @@ from experiments.kit.report import written_by
 
 DOC = REPO / "docs" / "PERFORMANCE.md"
 PLOTS = REPO / "docs" / "performance"
-ORDER = ("overhead", "scale", "aggregation", "communication", "deployment", "gpu")
+ORDER = ("overhead", "scale", "aggregation", "communication", "deployment", "gpu", "hfmemory")
 COMMANDS = {
     "all": "python -m experiments.bench            # every section, rewrites docs/PERFORMANCE.md",
     "some": "python -m experiments.bench --only scale aggregation   # re-run some, keep the rest",
@@ -75,6 +75,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "communication": render_communication,
     "deployment": render_deployment,
     "gpu": gpu.render,
+    "hfmemory": hfmemory.render,
 }
 
 
