@@ -14,7 +14,7 @@ ARGS ?=
 # a module stays whole on one worker (--dist loadscope), so its fixtures run once.
 TEST_WORKERS ?= 3
 
-.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy weighting
+.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit weighting
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ robustness: $(STAMP)
 
 privacy: $(STAMP)
 	$(PY) -m experiments.privacy.sweep $(ARGS)
+
+privacy-audit: $(STAMP)
+	$(PY) -m experiments.privacy.audit $(ARGS)
 
 weighting: $(STAMP)
 	$(PY) -m experiments.weighting_study $(ARGS)
