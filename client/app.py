@@ -38,6 +38,7 @@ from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_m
 from flwr.clientapp.typing import Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from client.affinity import measure_affinity
 from client.byzantine import (
     attack_heads,
     attack_of,
@@ -426,6 +427,7 @@ def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> Re
         audit = {**placement(), "private-at-start": s.private_digest()}
     before = {k: v.copy() for k, v in s.private_arrays().items()}  # training is in place
     privacy = {}
+    affinity: dict[str, float | int] = {}
     if s.cfg.privacy == "dp-sgd":
         from client.dp import dp_round  # Opacus costs seconds to import: only when used
 
@@ -434,6 +436,15 @@ def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> Re
         s.meta["dp_history"] = history
         privacy = {"dp-epsilon": eps, "dp-delta": s.cfg.dp_delta}
     else:
+        if s.cfg.task_affinity:  # at the round's starting point, before training moves it
+            affinity = measure_affinity(
+                s.model,
+                s.data.train,
+                batches=s.cfg.affinity_batches,
+                batch_size=s.cfg.batch_size,
+                lr=s.cfg.lr,
+                generator=round_generator(s.cfg, s.data.client_id, server_round, 3),
+            )
         stats = local_round(
             s.model,
             s.data,
@@ -463,6 +474,7 @@ def train_session(s: ClientSession, server_round: int, proximal_mu: float) -> Re
                     "tasks": ",".join(s.data.task_names),
                     **task_metrics,
                     **privacy,
+                    **affinity,
                     **audit,
                 }
             ),

@@ -98,6 +98,12 @@ class RunConfig:
     hca_c: float = _key(0.4, low=0.0, doc="hca: radius of the conflict-averse step (× ‖mean‖)")
     hca_alpha_init: float = _key(0.1, low=0.0, high=1.0, doc="hca: first weight of the step")
     hca_lr: float = _key(0.01, low=0.0, doc="hca: learning rate of the per-client weights")
+    task_affinity: bool = _key(
+        False,
+        doc="clients measure inter-task affinity (gradient cosine, TAG lookahead) on the "
+        "encoder each round; the server writes the task x task matrix (not with DP)",
+    )
+    affinity_batches: int = _key(4, low=1, doc="task-affinity: batches measured per round")
     architecture: str = _key("hps", doc="mmoe: experts built like the `encoder`, a gate per task")
     encoder: str = _key("mlp", doc="cnn, resnet (GroupNorm ResNet): images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)
@@ -261,6 +267,8 @@ class RunConfig:
             "resume-without-private-state",
             "device",  # state is device-independent: a run may resume on another device
             "tracking",
+            "task-affinity",  # measured beside training, which it leaves as it is
+            "affinity-batches",
         )
         values = self.to_dict()
         skip = set(ignored) | inactive_method_keys(values)
@@ -433,6 +441,12 @@ def _names(names: list[str]) -> str:
 def check_privacy_fits(cfg: RunConfig) -> None:
     if cfg.secagg:
         check_secagg_fits(cfg)
+    if cfg.task_affinity and cfg.privacy != "none":
+        raise ConfigError(
+            f"task-affinity = true sends numbers computed from each client's data outside the "
+            f"DP mechanism of privacy '{cfg.privacy}', which does not account for them; "
+            "measure affinity in a run with privacy = 'none'"
+        )
     if cfg.privacy in ("central-dp", "local-dp"):
         if ALGORITHMS[cfg.algorithm].sends_heads:
             raise ConfigError(

@@ -13,6 +13,8 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from common.storage import append_jsonl, atomic_write_arrays, atomic_write_bytes, atomic_write_json
+from server.affinity import plot_affinity, run_affinity
+from server.figures import pyplot, save_figure
 from server.tracking import Tracker, open_tracker, round_scalars, summary_scalars
 
 LAST_K = 5
@@ -72,6 +74,10 @@ class RunResults:
         if self.tracker is not None:
             self.tracker.finish(summary, summary_scalars(summary))
             self.tracker = None
+        if summary.get("affinity"):
+            plot_affinity(
+                summary["affinity"], self.dir / "affinity.png", self.config.get("run-name", "")
+            )
         if any(r.get("per_task") for r in self.rounds):
             plot_per_task(
                 self.rounds, self.dir / "per_task.png", title=self.config.get("run-name", "")
@@ -108,7 +114,9 @@ def build_summary(
                 if name in r["per_task"].get(task, {})
             ]
             per_task[task][name] = {**stats, f"last{LAST_K}_mean": float(np.mean(last))}
+    affinity = run_affinity(rounds)
     return {
+        **({"affinity": affinity} if affinity else {}),
         "status": status,
         "rounds": len(rounds),
         "final_round": rounds[-1]["round"] if rounds else 0,
@@ -132,11 +140,7 @@ def headline(task_metrics: dict[str, Any]) -> tuple[str, float] | None:
 
 
 def plot_per_task(rounds: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tasks = sorted({t for r in rounds for t in r.get("per_task", {})})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -152,9 +156,4 @@ def plot_per_task(rounds: list[dict[str, Any]], path: Path, title: str = "") -> 
         ax.set_xlabel("round")
         ax.set_ylabel(f"test {label} (client mean)")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, title)

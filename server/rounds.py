@@ -44,6 +44,7 @@ from common.config import RunConfig
 from common.randomness import warn_seeded_noise
 from common.records import EVALUATE_ROUND, EVALUATION_METRICS, EVALUATION_TASKS, TASK_ARRAYS
 from common.resume import STATE_MISSING, TRAINED_CLIENTS, encode_clients
+from server.affinity import round_affinity
 from server.checkpoint import save_checkpoint
 from server.failures import describe, group_failures
 from server.metered_grid import MeteredGrid
@@ -132,6 +133,9 @@ def flower_train_phase(
     }
     if eps:
         extra["dp_epsilon"] = eps  # cumulative ε per client (sample-level DP-SGD)
+    affinity = round_affinity([m.content[TASK_RECORD] for m in good], validator.tasks)
+    if affinity:
+        extra["affinity"] = affinity  # task x task, over the clients holding both tasks
     return TrainOutcome(
         arrays=new_arrays if new_arrays is not None else arrays,
         clients=len(good),

@@ -31,6 +31,7 @@ from common.config import RunConfig
 from common.datasets import dataset_tasks
 from common.models import task_of
 from common.records import ARRAYS, TASK_ARRAYS
+from server.affinity import affinity_problem
 from server.failures import ERROR_REPLY, client_error
 from server.metrics import SPLITS, TASK_RECORD, metric_problem
 
@@ -369,6 +370,7 @@ class ReplyValidator:
             metrics_problem(metrics, self.train_metrics)
             or weight_problem(metrics, self.equal_weights)
             or identity_problem(record, self.tasks)
+            or affinity_problem(record, tasks_of(msg))
             or arrays_problem(content.array_records.get(ARRAYS), sent)
             or heads_problem(content.array_records.get(TASK_ARRAYS), tasks_of(msg), self.layout)
         )
