@@ -37,7 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("multidigits", "synthcorr", "penguins", "user", "hf"),
     **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
-    "architecture": ("hps", "mmoe"),
+    "architecture": ("hps", "mmoe", "mtan"),
     "encoder": ("mlp", "cnn", "resnet"),
     "partitioner": ("iid", "dirichlet", "shards", "natural"),
     "privacy": ("none", "dp-sgd", "central-dp", "local-dp"),
@@ -104,7 +104,11 @@ class RunConfig:
         "encoder each round; the server writes the task x task matrix (not with DP)",
     )
     affinity_batches: int = _key(4, low=1, doc="task-affinity: batches measured per round")
-    architecture: str = _key("hps", doc="mmoe: experts built like the `encoder`, a gate per task")
+    architecture: str = _key(
+        "hps",
+        doc="mmoe: experts built like the `encoder`, a gate per task; mtan: the encoder as a "
+        "shared trunk, private attention masks per task and block",
+    )
     encoder: str = _key("mlp", doc="cnn, resnet (GroupNorm ResNet): images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)
     results_dir: str = _key("results")

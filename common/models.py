@@ -220,6 +220,65 @@ class MMoEEncoder(nn.Module):
         return torch.stack([expert(x) for expert in self.experts], dim=1)
 
 
+class MTANEncoder(nn.Module):
+    """The shared trunk of MTAN (Liu, Johns and Davison, CVPR 2019): the run's encoder, whose
+    every block's output p^(j) is handed to the tasks' attention modules. Those modules
+    (`MultiTaskModel.attention`) are task-specific and private; the trunk, which also maps
+    a task's masked features from one block to the next (the original's shared f^(j),
+    here the trunk's own next block), is the shared part."""
+
+    def __init__(self, trunk: nn.Module, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.output_dim = trunk.output_dim
+        with torch.no_grad():
+            outs = self.forward(torch.zeros(1, *input_shape))
+        self.block_shapes = [tuple(o.shape[1:]) for o in outs]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """p^(1), ..., p^(J): every block's output."""
+        if isinstance(self.trunk, ImageEncoder):
+            x = x.reshape(-1, *self.trunk.image_shape)
+        else:
+            x = x.flatten(1)
+        outs = []
+        for block in self.trunk.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+class AttentionMask(nn.Module):
+    """One task's soft-attention module at one block: a bottleneck of two 1×1 convolutions
+    (feature maps; GroupNorm, never BatchNorm) or two linear layers (vectors), then a
+    sigmoid: a mask in (0, 1) the shape of the block's output. `inputs` is 1 for the first
+    block (its output alone) and 2 after it (its output and the task's previous masked
+    features, mapped through the block)."""
+
+    def __init__(self, shape: tuple[int, ...], inputs: int) -> None:
+        super().__init__()
+        channels = shape[0]
+        middle = max(channels // 4, 4)
+        if len(shape) == 3:
+            self.net = nn.Sequential(
+                nn.Conv2d(inputs * channels, middle, 1),
+                _norm(middle),
+                nn.ReLU(),
+                nn.Conv2d(middle, channels, 1),
+                nn.Sigmoid(),
+            )
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(inputs * channels, middle),
+                nn.ReLU(),
+                nn.Linear(middle, channels),
+                nn.Sigmoid(),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def make_head(spec: TaskSpec, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.output_size))
 
@@ -259,6 +318,22 @@ class MultiTaskModel(nn.Module):
                     for t in tasks
                 }
             )
+        self.attention = nn.ModuleDict()
+        if isinstance(encoder, MTANEncoder):
+            shapes = encoder.block_shapes
+            self.attention = nn.ModuleDict(
+                {
+                    t.name: _seeded(
+                        seed,
+                        f"attention:{t.name}",
+                        lambda: nn.ModuleList(
+                            AttentionMask(shape, 1 if j == 0 else 2)
+                            for j, shape in enumerate(shapes)
+                        ),
+                    )
+                    for t in tasks
+                }
+            )
         self.global_heads = nn.ModuleDict()
         if global_heads:
             self.global_heads = nn.ModuleDict(
@@ -269,8 +344,11 @@ class MultiTaskModel(nn.Module):
             )
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-task representation: the encoder output, or the task's gated expert mix."""
+        """Per-task representation: the encoder output, the task's gated expert mix (MMoE),
+        or the task's attention-masked trunk features (MTAN)."""
         z = self.encoder(x)
+        if self.attention:
+            return {t: self._attend(t, z) for t in self.heads}
         if not self.gates:
             return {t: z for t in self.heads}
         flat = x.flatten(1)
@@ -278,6 +356,15 @@ class MultiTaskModel(nn.Module):
             t: (torch.softmax(self.gates[t](flat), dim=-1).unsqueeze(-1) * z).sum(dim=1)
             for t in self.heads
         }
+
+    def _attend(self, task: str, outs: list[torch.Tensor]) -> torch.Tensor:
+        """â^(1) = a^(1) ⊙ p^(1); â^(j) = a^(j)([p^(j); block_j(â^(j−1))]) ⊙ p^(j)."""
+        masks = self.attention[task]
+        masked = masks[0](outs[0]) * outs[0]
+        for j in range(1, len(outs)):
+            carried = self.encoder.trunk.blocks[j](masked)
+            masked = masks[j](torch.cat([outs[j], carried], dim=1)) * outs[j]
+        return masked
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(x)
@@ -341,6 +428,9 @@ def build_encoder(
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        if architecture == "mtan":
+            trunk = _single_encoder(encoder, input_shape, hidden, num_blocks, resnet)
+            return MTANEncoder(trunk, input_shape)
         if architecture == "mmoe":
             experts = [
                 _single_encoder(encoder, input_shape, hidden, num_blocks, resnet)
@@ -391,7 +481,8 @@ def shared_keys(model: nn.Module, *, share_encoder: bool, shared_layers: int) ->
 
 def task_keys(model: nn.Module, *, share_heads: bool, share_global_heads: bool) -> list[str]:
     """The one definition of the per-task arrays that travel (the `task-arrays` record):
-    heads under `fedavg`, generic heads under `fedrod`. MMoE gates and private heads never."""
+    heads under `fedavg`, generic heads under `fedrod`. MMoE gates, MTAN attention modules
+    and private heads never."""
     prefixes = (("heads.",) if share_heads else ()) + (
         ("global_heads.",) if share_global_heads else ()
     )

@@ -38,6 +38,8 @@ COMBOS = [
     ("fedavg", "bulyan", "ew", "mmoe", {}),
     ("fedrep", "fedavg", "ew", "mmoe", {}),
     ("ditto", "fedavg", "ew", "mmoe", {}),
+    ("fedavg", "fedavgm", "ew", "mtan", {"encoder": "cnn"}),
+    ("fedper", "fedavg", "mgda", "mtan", {}),
 ]
 
 
@@ -45,6 +47,7 @@ def test_combos_cover_every_name() -> None:
     assert {c[0] for c in COMBOS} == set(CHOICES["algorithm"])
     assert {c[1] for c in COMBOS} == set(CHOICES["strategy"])
     assert {c[2] for c in COMBOS} == set(CHOICES["weighting"])
+    assert {c[3] for c in COMBOS} == set(CHOICES["architecture"])
 
 
 @pytest.mark.slow
@@ -73,8 +76,9 @@ def test_simulation_completes(
         keys = e["keys"]["arrays"]
         # What the server receives: the encoder (or its first blocks / experts) only.
         assert all(k.startswith("encoder.") for k in keys)
-        assert not any(k.startswith(("personal.", "gates.")) for k in keys)
+        assert not any(k.startswith(("personal.", "gates.", "attention.")) for k in keys)
         heads = e["keys"].get(TASK_ARRAYS, [])
+        assert not any(k.startswith("attention.") for k in heads)
         if algorithm in ("fedavg", "fedavg-ft"):
             assert heads and all(k.startswith("heads.") for k in heads)
         elif algorithm == "fedrod":
@@ -167,6 +171,31 @@ def test_mmoe_gates_are_private_and_experts_shared() -> None:
     )
     out = model(torch.zeros(2, 8, 16))
     assert out["left"].shape == (2, 10)
+
+
+def test_mtan_attention_is_private_per_task_and_shapes_only_its_own_task() -> None:
+    from common.records import model_task_keys
+
+    for encoder in ("mlp", "cnn", "resnet"):
+        cfg = parse_run_config({"architecture": "mtan", "encoder": encoder, "hidden": 16})
+        model = build_model(cfg, MULTIDIGITS_TASKS[:3], (8, 16))
+        fedavg = get_algorithm("fedavg")
+        shared = model_shared_keys(model, fedavg)
+        assert shared and all(k.startswith("encoder.trunk.") for k in shared)
+        assert not any(k.startswith("attention.") for k in shared + model_task_keys(model, fedavg))
+        names = [t.name for t in MULTIDIGITS_TASKS[:3]]
+        assert sorted(model.attention) == sorted(names)
+        assert len(model.attention[names[0]]) == len(model.encoder.trunk.blocks)
+        x = torch.randn(4, 8, 16)
+        before = model(x)
+        # A task's masks change that task's output only: the trunk is untouched.
+        with torch.no_grad():
+            for p in model.attention[names[0]].parameters():
+                p.add_(0.5)
+        after = model(x)
+        assert not torch.allclose(before[names[0]], after[names[0]])
+        for t in names[1:]:
+            assert torch.equal(before[t], after[t])
 
 
 @pytest.mark.parametrize("name", CHOICES["strategy"])
