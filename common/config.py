@@ -37,7 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("multidigits", "synthcorr", "penguins", "user", "hf"),
     **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
-    "architecture": ("hps", "mmoe", "mtan"),
+    "architecture": ("hps", "mmoe", "mtan", "cross-stitch"),
     "encoder": ("mlp", "cnn", "resnet"),
     "partitioner": ("iid", "dirichlet", "shards", "natural"),
     "privacy": ("none", "dp-sgd", "central-dp", "local-dp"),
@@ -107,7 +107,8 @@ class RunConfig:
     architecture: str = _key(
         "hps",
         doc="mmoe: experts built like the `encoder`, a gate per task; mtan: the encoder as a "
-        "shared trunk, private attention masks per task and block",
+        "shared trunk, private attention masks per task and block; cross-stitch: a column "
+        "per task mixed after every block (all shared)",
     )
     encoder: str = _key("mlp", doc="cnn, resnet (GroupNorm ResNet): images (H, W) or (C, H, W)")
     seed: int = _key(0, low=0)

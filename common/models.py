@@ -248,6 +248,50 @@ class MTANEncoder(nn.Module):
         return outs
 
 
+class CrossStitchEncoder(nn.Module):
+    """Cross-stitch networks (Misra et al., CVPR 2016): one column per task of the data set,
+    each built like the run's `encoder`, and after every block a learned T×T unit: column t
+    goes on (to its next block, or after the last one to task t's head) with
+    Σ_s α[t, s]·(column s's output), as the paper places units after every layer but the
+    classifier. Units start at 0.9 on the diagonal and share the rest of each row equally.
+
+    What is shared: all of it. Through the units every column's weights shape every task's
+    features, so a client trains all columns, including those of tasks it does not hold,
+    and the columns and units together are the federated encoder (T times the size of an
+    `hps` encoder, on the wire too). The heads stay as the algorithm says (private under
+    fedper)."""
+
+    def __init__(self, columns: Sequence[nn.Module], tasks: Sequence[str]) -> None:
+        super().__init__()
+        if len(columns) != len(tasks) or len(tasks) < 2:
+            raise ValueError("cross-stitch needs one column per task and at least two tasks")
+        self.tasks = list(tasks)
+        self.columns = nn.ModuleList(columns)
+        self.output_dim = columns[0].output_dim
+        n = len(tasks)
+        init = torch.full((n, n), 0.1 / (n - 1))
+        init.fill_diagonal_(0.9)
+        # A unit is a bias-free linear map over the column axis (weight[t, s] = α[t, s]):
+        # Opacus computes its per-example gradients like any linear layer's.
+        self.stitch = nn.ModuleList()
+        for _ in range(len(columns[0].blocks)):
+            unit = nn.Linear(n, n, bias=False)
+            with torch.no_grad():
+                unit.weight.copy_(init)
+            self.stitch.append(unit)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: its column's last output}."""
+        first = self.columns[0]
+        x = x.reshape(-1, *first.image_shape) if isinstance(first, ImageEncoder) else x.flatten(1)
+        inputs = [x] * len(self.columns)
+        for k, unit in enumerate(self.stitch):
+            outs = [col.blocks[k](h) for col, h in zip(self.columns, inputs, strict=True)]
+            # mix: column t goes on with Σ_s α[t, s] · (column s's output)
+            inputs = list(unit(torch.stack(outs, dim=-1)).unbind(-1))
+        return dict(zip(self.tasks, inputs, strict=True))
+
+
 class AttentionMask(nn.Module):
     """One task's soft-attention module at one block: a bottleneck of two 1×1 convolutions
     (feature maps; GroupNorm, never BatchNorm) or two linear layers (vectors), then a
@@ -347,6 +391,8 @@ class MultiTaskModel(nn.Module):
         """Per-task representation: the encoder output, the task's gated expert mix (MMoE),
         or the task's attention-masked trunk features (MTAN)."""
         z = self.encoder(x)
+        if isinstance(self.encoder, CrossStitchEncoder):
+            return {t: z[t] for t in self.heads}
         if self.attention:
             return {t: self._attend(t, z) for t in self.heads}
         if not self.gates:
@@ -421,13 +467,20 @@ def build_encoder(
     num_experts: int,
     seed: int,
     resnet: tuple[int, int] = (2, 16),
+    tasks: Sequence[str] = (),
 ) -> nn.Module:
     """The encoder for a run; seeded so the server and a bare loop build identical weights.
-    `mmoe` builds `num_experts` encoders of kind `encoder` as its experts. `resnet` is
-    (`resnet-depth`, `resnet-width`)."""
+    `mmoe` builds `num_experts` encoders of kind `encoder` as its experts, `cross-stitch`
+    one column per task of `tasks` (the data set's). `resnet` is (`resnet-depth`,
+    `resnet-width`)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        if architecture == "cross-stitch":
+            columns = [
+                _single_encoder(encoder, input_shape, hidden, num_blocks, resnet) for _ in tasks
+            ]
+            return CrossStitchEncoder(columns, tasks)
         if architecture == "mtan":
             trunk = _single_encoder(encoder, input_shape, hidden, num_blocks, resnet)
             return MTANEncoder(trunk, input_shape)
@@ -444,6 +497,8 @@ def build_encoder(
 
 def encoder_for(cfg: RunConfig, input_shape: tuple[int, ...]) -> nn.Module:
     """The run's encoder, as the server, every client and the studies build it."""
+    from common.datasets import dataset_tasks
+
     return build_encoder(
         cfg.architecture,
         cfg.encoder,
@@ -453,6 +508,7 @@ def encoder_for(cfg: RunConfig, input_shape: tuple[int, ...]) -> nn.Module:
         cfg.num_experts,
         cfg.seed,
         (cfg.resnet_depth, cfg.resnet_width),
+        dataset_tasks(cfg) if cfg.architecture == "cross-stitch" else (),
     )
 
 

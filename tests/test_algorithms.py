@@ -40,6 +40,7 @@ COMBOS = [
     ("ditto", "fedavg", "ew", "mmoe", {}),
     ("fedavg", "fedavgm", "ew", "mtan", {"encoder": "cnn"}),
     ("fedper", "fedavg", "mgda", "mtan", {}),
+    ("fedper", "fedprox", "ew", "cross-stitch", {"encoder": "cnn"}),
 ]
 
 
@@ -196,6 +197,37 @@ def test_mtan_attention_is_private_per_task_and_shapes_only_its_own_task() -> No
         assert not torch.allclose(before[names[0]], after[names[0]])
         for t in names[1:]:
             assert torch.equal(before[t], after[t])
+
+
+def test_cross_stitch_mixes_task_columns_and_shares_them_all() -> None:
+    cfg = parse_run_config({"architecture": "cross-stitch", "hidden": 16})
+    model = build_model(cfg, MULTIDIGITS_TASKS[:2], (8, 16))
+    encoder = model.encoder
+    assert encoder.tasks == [t.name for t in MULTIDIGITS_TASKS]  # a column per data-set task
+    shared = model_shared_keys(model, get_algorithm("fedper"))
+    assert set(shared) == {k for k in model.state_dict() if k.startswith("encoder.")}
+    assert "encoder.stitch.0.weight" in shared
+    n = len(encoder.tasks)
+    unit = encoder.stitch[0].weight.detach()
+    assert torch.allclose(unit.diagonal(), torch.full((n,), 0.9))
+    assert torch.allclose(unit.sum(dim=1), torch.ones(n))
+    x = torch.randn(3, 8, 16)
+    left, right = MULTIDIGITS_TASKS[0].name, MULTIDIGITS_TASKS[1].name
+    # Identity units: each task sees exactly its own column, run alone.
+    with torch.no_grad():
+        for u in encoder.stitch:
+            u.weight.copy_(torch.eye(n))
+    alone = encoder.columns[0](x)
+    assert torch.allclose(model.features(x)[left], alone)
+    # Mixing units: another task's column changes this task's features.
+    with torch.no_grad():
+        for u in encoder.stitch:
+            u.weight.copy_(torch.full((n, n), 1.0 / n))
+        before = model.features(x)[left]
+        for p in encoder.columns[1].parameters():
+            p.add_(0.1)
+    assert not torch.allclose(before, model.features(x)[left])
+    assert right in model.features(x)
 
 
 @pytest.mark.parametrize("name", CHOICES["strategy"])
