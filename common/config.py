@@ -90,19 +90,11 @@ class RunConfig:
     algorithm: str = _key("fedper")
     weighting: str = _key("ew")
     strategy: str = _key("fedavg")
-    aggregation: str = _key(
-        "mean",
-        doc="server combination of the encoder updates: mean, pcgrad (conflicting updates "
-        "projected), hca (FedHCA²'s conflict-averse step); with fedavg, fedprox, fedavgm",
-    )
+    aggregation: str = _key("mean", doc="encoder updates combined: mean, pcgrad, hca (FedHCA²)")
     hca_c: float = _key(0.4, low=0.0, doc="hca: radius of the conflict-averse step (× ‖mean‖)")
     hca_alpha_init: float = _key(0.1, low=0.0, high=1.0, doc="hca: first weight of the step")
     hca_lr: float = _key(0.01, low=0.0, doc="hca: learning rate of the per-client weights")
-    task_affinity: bool = _key(
-        False,
-        doc="clients measure inter-task affinity (gradient cosine, TAG lookahead) on the "
-        "encoder each round; the server writes the task x task matrix (not with DP)",
-    )
+    task_affinity: bool = _key(False, doc="measure inter-task affinity (cosine, TAG) each round")
     affinity_batches: int = _key(4, low=1, doc="task-affinity: batches measured per round")
     architecture: str = _key(
         "hps",

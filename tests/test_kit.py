@@ -16,7 +16,7 @@ from experiments.bench.report import ORDER as BENCH_SECTIONS
 from experiments.kit.cells import finished, read_record
 from experiments.kit.report import command
 from experiments.kit.runner import Job, Timings, run_jobs
-from experiments.kit.stats import mean_ci, mean_std, paired, pm
+from experiments.kit.stats import mean_ci, mean_std, paired, paired_verdict, pm
 from experiments.kit.tables import md_table
 
 CONFIG = {"num-clients": 3, "num-server-rounds": 4, "samples-per-client": 60, "hidden": 32}
@@ -143,6 +143,23 @@ def test_paired_differences_and_their_tests_follow_scipy() -> None:
     assert math.isnan(paired([1.0], [0.0]).t_p)
     with pytest.raises(ValueError, match="same seeds"):
         paired([1.0, 2.0], [1.0])
+
+
+def test_a_paired_verdict_is_the_t_test_at_alpha_with_the_t_interval() -> None:
+    a, b = [0.80, 0.83, 0.79, 0.85, 0.82], [0.78, 0.80, 0.79, 0.81, 0.77]
+    v = paired_verdict(a, b)
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    low, high = sp.t.interval(0.95, 4, loc=sum(diffs) / 5, scale=sp.sem(diffs))
+    assert (v.low, v.high) == (pytest.approx(low), pytest.approx(high))
+    assert v.p == pytest.approx(sp.ttest_rel(a, b).pvalue) and v.p < 0.05
+    assert v.verdict == "better at α = 0.05"
+    assert paired_verdict(b, a).verdict == "worse at α = 0.05"
+    assert paired_verdict(a, b, higher_is_better=False).verdict == "worse at α = 0.05"
+    noisy = paired_verdict([0.80, 0.60, 0.75], [0.70, 0.71, 0.72])
+    assert noisy.p > 0.05 and noisy.verdict == "no difference at α = 0.05"
+    assert noisy.low < 0 < noisy.high  # the interval holds 0 when the test does not reject
+    assert paired_verdict([0.9], [0.1]).verdict == "n/a"
+    assert "95 % CI" in v.text() and "better" in v.text()
 
 
 def test_mean_pm_std_formatting() -> None:

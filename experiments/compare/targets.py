@@ -5,7 +5,6 @@ Centralized, the near-IID and skewed checks, Penguins per island, and the suite'
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED
 from experiments.compare.tables import fmt, pts
 from experiments.kit.runner import Timings, hms
 from experiments.kit.scores import higher_is_better, mean_classification_accuracy, task_headlines
-from experiments.kit.stats import mean_std
+from experiments.kit.stats import mean_ci, mean_std, paired_verdict
 from server.results import read_metrics
 
 FED_MTL = ("fedavg-ft", "fedper", "fedrep", "ditto", "fedrod")
@@ -97,7 +96,7 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
             Target(
                 f"{where}: Δm of the best federated MTL vs local single-task < 0",
                 _status(dm is not None and dm[0] < 0, dm[0] if dm else math.nan),
-                f"{LABELS[best]} Δm {fmt(dm, 'delta')} %",
+                f"{LABELS[best]} Δm {fmt(dm, 'delta')} %, {delta_m_interval(collected, s, best)}",
             ),
         ]
         private = best_fed(s, PRIVATE_HEADS)
@@ -254,21 +253,37 @@ def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
+def _by_seed(collected: Collected, setting: str, method: str, column: str) -> dict[int, float]:
+    return {
+        int(r["seed"]): float(r[column])
+        for r in collected.rows
+        if r["setting"] == setting and r["method"] == method and _finite(r.get(column))
+    }
+
+
 def paired_difference(collected: Collected, setting: str, a: str, b: str) -> str:
     """Mean classification accuracy of `a` minus `b`, paired by seed (same data and
-    initialisation), in points: mean ± sample std over the seeds both finished."""
-    by_seed: dict[str, dict[int, float]] = {a: {}, b: {}}
-    for r in collected.rows:
-        value = r.get("mean_cls_acc")
-        if r["setting"] == setting and r["method"] in by_seed and _finite(value):
-            by_seed[r["method"]][int(r["seed"])] = 100 * float(value)
-    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-    diffs = [by_seed[a][k] - by_seed[b][k] for k in seeds]
-    if not diffs:
+    initialisation), in points: the per-seed differences, their mean with its 95 %
+    confidence interval, the paired t-test and its verdict at α = 0.05."""
+    first, second = (_by_seed(collected, setting, m, "mean_cls_acc") for m in (a, b))
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
         return "paired by seed: n/a"
-    std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    per = ", ".join(f"{d:+.1f}" for d in diffs)
-    return f"paired by seed {per}: {statistics.mean(diffs):+.1f} ± {std:.1f} points"
+    xs, ys = [100 * first[k] for k in seeds], [100 * second[k] for k in seeds]
+    per = ", ".join(f"{x - y:+.1f}" for x, y in zip(xs, ys, strict=True))
+    return f"paired by seed ({per}): {paired_verdict(xs, ys).text()}"
+
+
+def delta_m_interval(collected: Collected, setting: str, method: str) -> str:
+    """Δm's mean over seeds with its 95 % confidence interval (t)."""
+    ci = mean_ci(_by_seed(collected, setting, method, "delta_m").values())
+    if ci.n < 2:
+        return "no interval (fewer than two seeds)"
+    verdict = "excludes 0" if ci.mean - ci.spread > 0 or ci.mean + ci.spread < 0 else "holds 0"
+    return (
+        f"95 % CI [{ci.mean - ci.spread:+.1f}, {ci.mean + ci.spread:+.1f}] % over {ci.n} "
+        f"seeds ({verdict})"
+    )
 
 
 def _fedrod_default(grid: Grid, agg: dict[RowKey, Aggregate], cell: Callable) -> Target:

@@ -81,6 +81,50 @@ def _paired_tests(diffs: list[float]) -> tuple[float, float]:
     return t_p, float(stats.wilcoxon(diffs).pvalue)
 
 
+class Verdict(NamedTuple):
+    """A paired comparison as a report states it: the mean difference, its 95 % confidence
+    interval (t, seeds as pairs), the paired t-test's p-value and the verdict at `alpha`."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    n: int
+    verdict: str
+
+    def text(self, digits: int = 1, unit: str = " points") -> str:
+        if self.n == 0:
+            return "n/a (no seed finished both)"
+        if not math.isfinite(self.low):
+            return f"{self.mean:+.{digits}f}{unit} (n = {self.n}: no interval)"
+        return (
+            f"{self.mean:+.{digits}f}{unit}, 95 % CI [{self.low:+.{digits}f}, "
+            f"{self.high:+.{digits}f}], paired t-test p = {self.p:.3f} (n = {self.n}): "
+            f"{self.verdict}"
+        )
+
+
+def paired_verdict(
+    a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05, higher_is_better: bool = True
+) -> Verdict:
+    """`a` against `b` paired by seed: 'better', 'worse' or 'no difference' at `alpha` by the
+    two-sided paired t-test ('n/a' with fewer than two pairs)."""
+    pair = paired(a, b)
+    ci = mean_ci(pair.diffs, 1 - alpha)
+    if pair.stat.n == 0:
+        return Verdict(math.nan, math.nan, math.nan, math.nan, 0, "n/a")
+    p = pair.t_p if pair.t_p == pair.t_p else (1.0 if pair.stat.n > 1 else math.nan)
+    if pair.stat.n < 2:
+        verdict = "n/a"
+    elif p < alpha:
+        verdict = "better" if (ci.mean > 0) == higher_is_better else "worse"
+    else:
+        verdict = f"no difference at α = {alpha:g}"
+    if verdict in ("better", "worse"):
+        verdict += f" at α = {alpha:g}"
+    return Verdict(ci.mean, ci.mean - ci.spread, ci.mean + ci.spread, p, ci.n, verdict)
+
+
 def pm(
     stat: Sequence[float],
     digits: int,
