@@ -42,7 +42,9 @@ def _parent(pid: int) -> int:
 
 class ProcessWatch:
     """Every process below this test process while it runs: pid -> (start time, command),
-    sampled every 0.2 s in a thread, and pid -> parent."""
+    sampled every 0.2 s in a thread, and pid -> parent. A process's command is the last one
+    it showed (an exiting process shows none): between fork and exec a child shows its
+    parent's command line, so a first look can be the wrong one."""
 
     def __init__(self) -> None:
         self.seen: dict[int, tuple[str, str]] = {}
@@ -53,13 +55,14 @@ class ProcessWatch:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for pid, started in descendants(os.getpid()).items():
-                if pid not in self.seen and pid not in self.before:
+                if pid not in self.before:
                     try:
                         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                         self.parent[pid] = _parent(pid)
                     except OSError:
                         continue
-                    self.seen[pid] = (started, cmd.decode(errors="replace"))
+                    if cmd or pid not in self.seen:  # an exiting process shows none
+                        self.seen[pid] = (started, cmd.decode(errors="replace"))
             self._stop.wait(0.2)
 
     def __enter__(self) -> ProcessWatch:
@@ -83,7 +86,8 @@ def test_successful_run_prints_a_summary_and_exits_zero(tmp_path, capsys) -> Non
     assert _superlinks() <= before, "the launcher left a SuperLink running"
     heads = {p for p, (_, cmd) in watch.seen.items() if "ray start --head" in cmd}
     # A child the head forks shows the head's command line until it execs (a window a loaded
-    # machine widens): only a head whose parent is not a head is a head of its own.
+    # machine widens), and it may exit before it does: a head whose parent is a head is not
+    # a head of its own.
     heads = {p for p in heads if watch.parent[p] not in heads}
     assert len(heads) == 1, "the launcher did not start one Ray head of its own"
     assert [p for p, (_, cmd) in watch.seen.items() if "raylet" in cmd], "no raylet ran"
