@@ -23,9 +23,8 @@ from torch.func import functional_call
 
 from common.federation import Split
 from common.models import MultiTaskModel
+from common.records import AFFINITY, AFFINITY_BATCHES
 
-PREFIX = "affinity"
-BATCHES = f"{PREFIX}/batches"
 TINY_LOSS = 1e-12  # a task already at zero loss on the batch gives no ratio
 
 
@@ -82,12 +81,12 @@ def measure_affinity(
                             tag[i, j] += (1.0 - after / before[j]) / lr
     finally:
         model.train(was_training)
-    entries: dict[str, float | int] = {BATCHES: batches}
+    entries: dict[str, float | int] = {AFFINITY_BATCHES: batches}
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             if i != j:
-                entries[f"{PREFIX}/cos/{a}/{b}"] = float(cos[i, j]) / batches
-                entries[f"{PREFIX}/tag/{a}/{b}"] = float(tag[i, j]) / batches
+                entries[f"{AFFINITY}cos/{a}/{b}"] = float(cos[i, j]) / batches
+                entries[f"{AFFINITY}tag/{a}/{b}"] = float(tag[i, j]) / batches
     return entries
 
 

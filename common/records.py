@@ -24,6 +24,10 @@ EVALUATION_METRICS = "evaluation-metrics"
 EVALUATION_TASKS = "evaluation-task-metrics"
 # Per-message timestamps from the ClientApp (Unix seconds), sent when the run audits replies.
 TIMING = "timing"
+# Task affinity in a training reply's task record: `affinity/<cos|tag>/<task>/<task>` and
+# the number of batches measured (`task-affinity`).
+AFFINITY = "affinity/"
+AFFINITY_BATCHES = "affinity/batches"
 
 
 def arrays_from_model(model: torch.nn.Module, keys: Iterable[str]) -> ArrayRecord:

@@ -16,11 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.records import AFFINITY, AFFINITY_BATCHES
 from server.figures import pyplot, save_figure
 
 KINDS = ("cos", "tag")
-PREFIX = "affinity/"
-BATCHES = "affinity/batches"
 
 Matrix = dict[str, dict[str, dict[str, float | None]]]
 
@@ -28,12 +27,12 @@ Matrix = dict[str, dict[str, dict[str, float | None]]]
 def affinity_problem(record: Mapping[str, Any], tasks: Sequence[str]) -> str | None:
     """Affinity entries name two different tasks of the client and hold finite numbers
     (cosines in [−1, 1]), with a positive integer batch count when there are any."""
-    entries = {k: v for k, v in record.items() if k.startswith(PREFIX) and k != BATCHES}
-    if not entries and BATCHES not in record:
+    entries = {k: v for k, v in record.items() if k.startswith(AFFINITY) and k != AFFINITY_BATCHES}
+    if not entries and AFFINITY_BATCHES not in record:
         return None
-    batches = record.get(BATCHES)
+    batches = record.get(AFFINITY_BATCHES)
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        return f"'{BATCHES}' is {batches!r}, not an integer >= 1"
+        return f"'{AFFINITY_BATCHES}' is {batches!r}, not an integer >= 1"
     for key, value in entries.items():
         parts = key.split("/")
         if len(parts) != 4 or parts[1] not in KINDS:
@@ -51,9 +50,9 @@ def _sums(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], li
     """(kind, i, j) -> [Σ batches × value, Σ batches]."""
     sums: dict[tuple[str, str, str], list[float]] = {}
     for record in records:
-        weight = float(record.get(BATCHES, 0))
+        weight = float(record.get(AFFINITY_BATCHES, 0))
         for key, value in record.items():
-            if key.startswith(PREFIX) and key != BATCHES:
+            if key.startswith(AFFINITY) and key != AFFINITY_BATCHES:
                 _, kind, i, j = key.split("/")
                 acc = sums.setdefault((kind, i, j), [0.0, 0.0])
                 acc[0] += weight * float(value)
