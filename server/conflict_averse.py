@@ -131,8 +131,8 @@ class ConflictAverseAggregation(Strategy):
 
     def _rewrite(self, server_round: int, good: list[Message], sent: ArrayRecord) -> None:
         keys = [k for k, a in sent.items() if np.issubdtype(np.dtype(a.dtype), np.floating)]
-        base = np.concatenate([sent[k].numpy().ravel().astype(np.float64) for k in keys])
-        deltas = np.stack([_flat(m, keys) - base for m in good])
+        base = _flat(sent, keys)
+        deltas = np.stack([_flat(m.content["arrays"], keys) - base for m in good])
         weight_key = getattr(self.inner, "weighted_by_key", "num-examples")
         counts = np.array([float(m.content["metrics"][weight_key]) for m in good])
         weights = counts / counts.sum()
@@ -167,8 +167,8 @@ class ConflictAverseAggregation(Strategy):
             self.alpha[client] = np.asarray(min(max(alpha - self.lr * v, 0.0), 1.0))
 
 
-def _flat(msg: Message, keys: list[str]) -> np.ndarray:
-    arrays = msg.content["arrays"]
+def _flat(arrays: ArrayRecord, keys: list[str]) -> np.ndarray:
+    """`keys` of `arrays`, flattened in that order, in float64."""
     return np.concatenate([arrays[k].numpy().ravel().astype(np.float64) for k in keys])
 
 
