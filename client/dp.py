@@ -66,6 +66,19 @@ def noise_multiplier(cfg: RunConfig, n: int) -> float:
     )
 
 
+def unreached_parameters(model: MultiTaskModel, x: torch.Tensor) -> list[torch.nn.Parameter]:
+    """Trainable parameters that no output of the client's tasks depends on, found from
+    the autograd graph of one forward pass (nothing is updated): when every task of a
+    client is dense, the encoder's projection after its feature map. SGD leaves them as
+    they are; Opacus would refuse them, so DP-SGD freezes them for the round."""
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    torch.stack([o.float().sum() for o in out.values()]).sum().backward()
+    idle = [p for p in model.parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return idle
+
+
 def dp_round(
     model: MultiTaskModel,
     data: ClientData,
@@ -104,6 +117,9 @@ def dp_round(
         torch.from_numpy(data.train.x), *(torch.from_numpy(data.train.y[t]) for t in names)
     )
     loader = DataLoader(dataset, batch_size=cfg.batch_size, generator=sampling)
+    idle = unreached_parameters(model, torch.from_numpy(data.train.x[:1]).to(device))
+    for p in idle:  # Opacus needs a per-example gradient for every trainable parameter
+        p.requires_grad_(False)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     engine = PrivacyEngine(accountant="rdp")
     # Opacus refuses a module in eval mode, and a round that first evaluates what it
@@ -140,6 +156,8 @@ def dp_round(
                     totals[t] += float(value.detach())
     finally:
         private_model._close()  # remove Opacus hooks: the module is used again outside DP
+        for p in idle:
+            p.requires_grad_(True)
     new_history = [*history, (sigma, q, drawn)]
     mean = {t: v / max(drawn, 1) for t, v in totals.items()}
     stats = TrainStats(float(sum(mean.values())), mean, drawn, n)

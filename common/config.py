@@ -34,7 +34,7 @@ METHOD_TABLES: dict[str, Mapping[str, Any]] = {
 # names into objects (the weighting classes, schedules, strategy builders, DATASETS) are
 # checked against them by a test, so a name cannot be valid here and missing there.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("multidigits", "synthcorr", "penguins", "user", "hf"),
+    "dataset": ("multidigits", "synthcorr", "penguins", "scenes", "user", "hf"),
     **{selector: tuple(table) for selector, table in METHOD_TABLES.items()},
     "mgda-normalize": ("none", "l2", "loss", "loss+"),
     "architecture": ("hps", "mmoe", "mtan", "cross-stitch"),

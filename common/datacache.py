@@ -67,6 +67,7 @@ DATA_KEYS: tuple[str, ...] = (
 SOURCES: tuple[str, ...] = (
     "datasets.py",
     "federation.py",
+    "scenes.py",
     "userdata.py",
     "userschema.py",
     "hfdata.py",

@@ -2,7 +2,8 @@
 labels of every task, the column that partitioners split by, and the task specs.
 
 Everything but `hf` is generated or read from disk (scikit-learn's digits, the CSV that
-`palmerpenguins` ships, a site's own file for `user`); nothing is downloaded. `hf` reads a
+`palmerpenguins` ships, generated scenes for the dense tasks, a site's own file for `user`);
+nothing is downloaded. `hf` reads a
 Hugging Face data set (`common.hfdata`), local or from the Hub; its clients load only their
 own partition. Builders are pure functions of their seed and files.
 """
@@ -307,6 +308,10 @@ def input_shape(cfg: RunConfig) -> tuple[int, ...]:
         return (SYNTH_INPUT_DIM,)
     if cfg.dataset == "penguins":
         return (len(PENGUIN_INPUTS),)
+    if cfg.dataset == "scenes":
+        from common.scenes import SCENE_SIZE
+
+        return (3, SCENE_SIZE, SCENE_SIZE)
     if cfg.dataset == "user":
         from common.userdata import user_schema
 
@@ -325,6 +330,10 @@ def task_specs(cfg: RunConfig) -> list[TaskSpec]:
         return list(MULTIDIGITS_TASKS)
     if cfg.dataset == "penguins":
         return list(PENGUINS_TASKS)
+    if cfg.dataset == "scenes":
+        from common.scenes import SCENES_TASKS
+
+        return list(SCENES_TASKS)
     if cfg.dataset in SCHEMA_DATASETS:
         from common.userdata import user_schema
 
@@ -357,6 +366,14 @@ def _user(cfg: RunConfig, num_partitions: int) -> Pool:
     return user_pool(cfg)
 
 
+def _scenes(cfg: RunConfig, num_partitions: int) -> Pool:
+    # One scene style per partition: with `partitioner = natural` each client gets its own
+    # lighting and shape frequencies.
+    from common.scenes import scenes
+
+    return scenes(cfg.samples_per_client * num_partitions, cfg.seed, num_groups=num_partitions)
+
+
 def _hf(cfg: RunConfig) -> Pool:
     from common.hfdata import hf_pool
 
@@ -372,6 +389,7 @@ DATASETS: dict[str, Callable[[RunConfig, int], Pool]] = {
         correlation=cfg.synth_correlation,
     ),
     "penguins": lambda cfg, n: penguins(),
+    "scenes": _scenes,
     "user": _user,
     "hf": lambda cfg, n: _hf(cfg),
 }

@@ -26,6 +26,11 @@ DEFAULT_PLANS: dict[str, str] = {
     "synthcorr": "t0,t1;t1,t2,t3;t0,t2;t0,t1,t3;t2,t3;t0,t3",
     # Biscoe, Dream, Torgersen (sorted); Torgersen has only Adelie penguins: no species task.
     "penguins": "species,sex,body_mass;species,body_mass;sex,body_mass",
+    # Dense and image-level tasks mixed; every task on at least two clients.
+    "scenes": (
+        "segmentation,depth,count;segmentation,circle,square,triangle;depth,count,circle;"
+        "segmentation,depth;count,square,triangle;segmentation,depth,count,circle"
+    ),
 }
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from common.dense import DenseHead, dense_geometry, features_with_maps
 from common.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -323,7 +324,15 @@ class AttentionMask(nn.Module):
         return self.net(x)
 
 
-def make_head(spec: TaskSpec, hidden: int) -> nn.Module:
+def make_head(
+    spec: TaskSpec, hidden: int, dense: tuple[tuple[int, ...], tuple[int, int]] | None = None
+) -> nn.Module:
+    """A task's head: two linear layers on the encoder's vector, or for a dense task a
+    decoder from the feature map (`dense` = (map shape, image size)) to every pixel."""
+    if spec.is_dense:
+        if dense is None:
+            raise ValueError(f"task '{spec.name}' is dense: its head needs the feature map")
+        return DenseHead(dense[0], spec.output_size, dense[1])
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.output_size))
 
 
@@ -347,9 +356,10 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.tasks = {t.name: t for t in tasks}
         hidden = encoder.output_dim
+        dense = dense_geometry(encoder, tasks)
         self.heads = nn.ModuleDict(
             {
-                t.name: _seeded(seed, f"head:{t.name}", lambda t=t: make_head(t, hidden))
+                t.name: _seeded(seed, f"head:{t.name}", lambda t=t: make_head(t, hidden, dense))
                 for t in tasks
             }
         )
@@ -382,14 +392,19 @@ class MultiTaskModel(nn.Module):
         if global_heads:
             self.global_heads = nn.ModuleDict(
                 {
-                    t.name: _seeded(seed, f"global:{t.name}", lambda t=t: make_head(t, hidden))
+                    t.name: _seeded(
+                        seed, f"global:{t.name}", lambda t=t: make_head(t, hidden, dense)
+                    )
                     for t in tasks
                 }
             )
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-task representation: the encoder output, the task's gated expert mix (MMoE),
-        or the task's attention-masked trunk features (MTAN)."""
+        or the task's attention-masked trunk features (MTAN); for a dense task, the feature
+        map its head decodes (`common.dense.features_with_maps`)."""
+        if any(self.tasks[t].is_dense for t in self.heads):
+            return features_with_maps(self, x)
         z = self.encoder(x)
         if isinstance(self.encoder, CrossStitchEncoder):
             return {t: z[t] for t in self.heads}
@@ -404,7 +419,8 @@ class MultiTaskModel(nn.Module):
         }
 
     def _attend(self, task: str, outs: list[torch.Tensor]) -> torch.Tensor:
-        """â^(1) = a^(1) ⊙ p^(1); â^(j) = a^(j)([p^(j); block_j(â^(j−1))]) ⊙ p^(j)."""
+        """â^(1) = a^(1) ⊙ p^(1); â^(j) = a^(j)([p^(j); block_j(â^(j−1))]) ⊙ p^(j), over the
+        blocks whose outputs `outs` holds."""
         masks = self.attention[task]
         masked = masks[0](outs[0]) * outs[0]
         for j in range(1, len(outs)):

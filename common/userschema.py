@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.tasks import TASK_KINDS, TaskSpec
+from common.tasks import TaskSpec
 
 SCHEMA_KEYS: tuple[str, ...] = (
     "inputs",
@@ -303,11 +303,9 @@ def _parse_task(raw: Any, where: str) -> tuple[TaskSpec, str]:
     where = f"{where} ('{name}')"
     kind = raw.get("kind")
     if kind is None:
-        raise UserDataError(
-            f"{where}: missing required key 'kind'; valid kinds: {list(TASK_KINDS)}"
-        )
+        raise UserDataError(f"{where}: missing required key 'kind'; valid kinds: {list(TASK_KEYS)}")
     if kind not in TASK_KEYS:
-        raise UserDataError(f"{where}: unknown kind {kind!r}; valid kinds: {list(TASK_KINDS)}")
+        raise UserDataError(f"{where}: unknown kind {kind!r}; valid kinds: {list(TASK_KEYS)}")
     _check_keys(raw, TASK_KEYS[kind], where, required=("name", "kind"))
     column = raw.get("column", name)
     if not isinstance(column, str) or not column:

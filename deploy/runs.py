@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import STRING_KEYS, RunConfig, parse_run_config
+from common.metric_names import HEADLINE_METRICS
 from deploy.processes import stop_process_group
 from server.failures import RUN_FAILED, one_line, strip_ansi
 
@@ -260,8 +261,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-METRICS = ("test/accuracy", "test/macro_f1", "test/mae", "test/rmse", "test/r2")
-HEADLINES = ("test/accuracy", "test/mae")  # one row per task in the compact table
+METRICS = (
+    "test/accuracy",
+    "test/macro_f1",
+    "test/mae",
+    "test/rmse",
+    "test/r2",
+    "test/pixel_accuracy",
+    "test/miou",
+    "test/abs_rel",
+)
+HEADLINES = tuple(f"test/{m}" for m in HEADLINE_METRICS)  # one row per task, compact table
 
 
 def summary_table(summary: dict[str, Any], compact: bool = False) -> str:

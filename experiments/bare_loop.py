@@ -18,6 +18,7 @@ from common.algorithms import get_algorithm
 from common.config import RunConfig, parse_run_config
 from common.datasets import dataset_tasks
 from common.federation import load_client_data
+from common.metric_names import HEADLINE_METRICS
 from common.records import model_shared_keys
 from server.metrics import per_task
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 t: {
                     k: round(v["mean"], 4)
                     for k, v in m.items()
-                    if k.startswith("test/") and k.split("/")[1] in ("accuracy", "mae")
+                    if k.startswith("test/") and k.split("/")[1] in HEADLINE_METRICS
                 }
                 for t, m in final.items()
             }

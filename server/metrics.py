@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
+from common.metric_names import metric_higher_is_better
+
 TASK_RECORD = "task-metrics"
 SPLITS = ("val", "test")
 # Where each per-task metric a client reports can lie (`common.tasks.TaskSpec.metrics` and the
@@ -26,6 +28,9 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "rmse": (0.0, math.inf),
     "loss": (0.0, math.inf),
     "r2": (-math.inf, 1.0),
+    "pixel_accuracy": (0.0, 1.0),
+    "miou": (0.0, 1.0),
+    "abs_rel": (0.0, math.inf),
 }
 
 
@@ -86,7 +91,7 @@ def per_task(clients: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[
         for name, pairs in sorted(values[task].items()):
             v = np.array([p[0] for p in pairs])
             w = np.array([p[1] for p in pairs])
-            higher_better = not name.endswith(("mae", "rmse", "loss"))
+            higher_better = metric_higher_is_better(name)
             k = max(1, int(np.ceil(0.1 * len(v))))
             worst = np.sort(v)[:k] if higher_better else np.sort(v)[::-1][:k]
             out[task][name] = {

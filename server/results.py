@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
+from common.metric_names import HEADLINE_METRICS
 from common.storage import append_jsonl, atomic_write_arrays, atomic_write_bytes, atomic_write_json
 from server.affinity import plot_affinity, run_affinity
 from server.figures import pyplot, save_figure
@@ -131,8 +132,9 @@ def build_summary(
 
 
 def headline(task_metrics: dict[str, Any]) -> tuple[str, float] | None:
-    """The metric a task is judged by: test accuracy for classification, test MAE else."""
-    for name in ("test/accuracy", "test/mae"):
+    """The metric a task is judged by (`common.metric_names`): test accuracy for
+    classification, MAE for regression, mIoU for segmentation, abs-rel for depth."""
+    for name in (f"test/{m}" for m in HEADLINE_METRICS):
         if name in task_metrics:
             value = task_metrics[name]
             return name.split("/")[1], value["mean"] if isinstance(value, dict) else value

@@ -81,6 +81,20 @@ def natural_setting(dataset: str, num_clients: int) -> Setting:
 
 
 PENGUINS = natural_setting("penguins", 3)
+# Generated scenes (`common.scenes`): one scene style per client (natural partitioning), the
+# CNN encoder, dense tasks (segmentation, depth) next to scene-level ones. The rows whose
+# references handle every task kind.
+SCENES_METHODS = ("local", "fedavg", "fedper", "fedrod", SINGLE_TASK)
+SCENES = Setting(
+    "scenes",
+    (
+        ("dataset", "scenes"),
+        ("partitioner", "natural"),
+        ("num-clients", 6),
+        ("encoder", "cnn"),
+    ),
+    methods=SCENES_METHODS,
+)
 # CelebA's layout, generated offline (`experiments.celeba_like`): 32x32 RGB faces, clients =
 # identities, five boolean attributes of which three show in the image, one is the same for
 # all of an identity's images and one is noise. The federated rows that matter for it.
@@ -132,6 +146,8 @@ def settings_of(
     with the run config's own partitioner when it names another (iid, natural, ...)."""
     if dataset == "penguins":
         return [PENGUINS]
+    if dataset == "scenes":
+        return [SCENES]
     if dataset not in FILE_DATA:
         return [dirichlet_setting(dataset, a) for a in alphas]
     extra = tuple(files.items())
@@ -293,6 +309,7 @@ def default_grid(grid_dir: Path | None = None) -> Grid:
             PENGUINS,
             dirichlet_setting("synthcorr", 0.5),
             celeba_like_setting(),
+            SCENES,
         ],
         methods=list(METHODS),
         weightings=["ew"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.metric_names import metric_higher_is_better
 from experiments.compare.collect import Aggregate, Collected, RowKey, row_key
 from experiments.compare.grid import LABELS, METHODS
 from experiments.compare.references import SINGLE_TASK
@@ -29,7 +30,7 @@ Curves = Mapping[str, Mapping[str, tuple[Sequence[int], Sequence[float]]]]
 
 
 def _ylabel(metric: str) -> str:
-    return f"test {metric}" + (" (lower is better)" if metric == "mae" else "")
+    return f"test {metric}" + ("" if metric_higher_is_better(metric) else " (lower is better)")
 
 
 def plot_rounds(

@@ -81,21 +81,25 @@ def split_fingerprint(clients: list[ClientData]) -> dict[str, str]:
     return out
 
 
-def missing_label(spec: TaskSpec, n: int) -> np.ndarray:
-    """Marker for 'this example has no label for the task' (its client does not hold it)."""
-    if spec.kind == "regression":
-        return np.full(n, np.nan, dtype=np.float32)
-    return np.full(n, -1, dtype=np.int64)
+def missing_label(spec: TaskSpec, n: int, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """Marker for 'this example has no label for the task' (its client does not hold it);
+    `shape` is one example's label shape ((H, W) for dense tasks)."""
+    if spec.kind in ("regression", "depth"):
+        return np.full((n, *shape), np.nan, dtype=np.float32)
+    return np.full((n, *shape), -1, dtype=np.int64)
 
 
 def pooled_train(clients: list[ClientData], tasks: list[TaskSpec]) -> Split:
     """All clients' training splits concatenated; labels of tasks a client does not hold
     are marked missing (NaN / −1), so the pooled model sees exactly the federation's labels."""
     x = np.concatenate([c.train.x for c in clients])
+    shapes = {t: v.shape[1:] for c in clients for t, v in c.train.y.items()}
     y = {
         t.name: np.concatenate(
             [
-                c.train.y[t.name] if t.name in c.train.y else missing_label(t, len(c.train))
+                c.train.y[t.name]
+                if t.name in c.train.y
+                else missing_label(t, len(c.train), shapes.get(t.name, ()))
                 for c in clients
             ]
         )
@@ -111,7 +115,9 @@ def masked_task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torc
     losses = {}
     for name, spec in model.tasks.items():
         target = y[name]
-        keep = ~torch.isnan(target) if spec.kind == "regression" else target >= 0
+        keep = ~torch.isnan(target) if spec.kind in ("regression", "depth") else target >= 0
+        if spec.is_dense:  # an example's label map is missing as a whole
+            keep = keep.flatten(1).all(dim=1)
         if bool(keep.any()):
             losses[name] = spec.loss(out[name][keep], target[keep])
         else:

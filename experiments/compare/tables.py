@@ -11,6 +11,7 @@ from typing import Any
 
 from common.config import parse_run_config
 from common.datasets import dataset_tasks
+from common.metric_names import HEADLINE_METRICS
 from experiments.compare.collect import Aggregate, Collected, RowKey
 from experiments.compare.grid import LABELS, METHODS, Grid
 from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED, SINGLE_TASK
@@ -214,7 +215,7 @@ def transfer_summary(collected: Collected) -> dict[str, Any]:
                     examples[(cell.method, task, f)].append(res["train_examples"])
                     for arm in ("frozen", "scratch"):
                         test = res[arm]["test"][task]
-                        m = "accuracy" if "accuracy" in test else "mae"
+                        m = next(h for h in HEADLINE_METRICS if h in test)
                         metrics[task] = m
                         acc[(arm, task, f)].append(test[m])
         for (arm, task, f), vals in acc.items():

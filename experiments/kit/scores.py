@@ -13,16 +13,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from common.metric_names import HEADLINE_METRICS, metric_higher_is_better
 from experiments.kit.stats import nanmean
 
-HEADLINES = ("accuracy", "mae")  # classification, regression (server.results.headline)
-LOWER_IS_BETTER = ("mae", "rmse", "loss")
+HEADLINES = HEADLINE_METRICS  # as server.results.headline reads them
 
 PerClient = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
 def headline_metric(metrics: Mapping[str, Any]) -> str | None:
-    """'accuracy' or 'mae': the metric a task is judged by, from its available keys."""
+    """The metric a task is judged by ('accuracy', 'mae', 'miou', 'abs_rel'), from its
+    available keys."""
     for name in HEADLINES:
         if f"test/{name}" in metrics:
             return name
@@ -30,7 +31,7 @@ def headline_metric(metrics: Mapping[str, Any]) -> str | None:
 
 
 def higher_is_better(metric: str) -> bool:
-    return not metric.endswith(LOWER_IS_BETTER)
+    return metric_higher_is_better(metric)
 
 
 def task_headlines(summary: Mapping[str, Any]) -> dict[str, str]:

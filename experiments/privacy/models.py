@@ -19,6 +19,7 @@ from client.train import build_model, evaluate
 from common.algorithms import get_algorithm
 from common.config import RunConfig
 from common.federation import ClientData, Split, load_client_data
+from common.metric_names import HEADLINE_METRICS
 from common.models import MultiTaskModel
 from common.storage import read_arrays
 from common.tasks import TaskSpec
@@ -89,7 +90,7 @@ def reconstruction_check(clients: Sequence[ClientModel], summary: dict[str, Any]
     for c in clients:
         reported = summary["per_client"][str(c.data.client_id)]
         for task, metrics in evaluate(c.model, c.data.test, c.data.tasks).items():
-            for name in ("accuracy", "mae"):
+            for name in HEADLINE_METRICS:
                 if name in metrics:
                     worst = max(worst, abs(metrics[name] - reported[task][f"test/{name}"]))
     return worst
