@@ -240,7 +240,32 @@ def fedrep_body_hook(
     return hook
 
 
-EVAL_CHUNK = 1024  # examples per forward pass in evaluation (memory, not results)
+EVAL_CHUNK = 1024  # at most this many examples per forward pass in evaluation
+EVAL_ACTIVATION_BYTES = 16 * 2**20  # and about at most this much in its largest activation
+
+
+def eval_rows(model: MultiTaskModel, row_shape: tuple[int, ...]) -> int:
+    """Examples per forward pass in evaluation: `EVAL_CHUNK`, or fewer where one example's
+    largest activation (measured by hooks on a one-example probe) would make a pass hold
+    more than `EVAL_ACTIVATION_BYTES` in it. A ResNet's first stage on 64×64 images holds
+    256 KiB per example: 1,024 of them would hold 256 MiB per tensor. Memory, not results:
+    8×16 digits and tabular inputs stay at `EVAL_CHUNK`."""
+    largest = 0
+
+    def measure(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal largest
+        for out in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(out, torch.Tensor):
+                largest = max(largest, out.numel() * out.element_size())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(measure) for m in leaves]
+    try:
+        model(torch.zeros((1, *row_shape), device=model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(1, min(EVAL_CHUNK, EVAL_ACTIVATION_BYTES // max(largest, 1)))
 
 
 @torch.no_grad()
@@ -253,9 +278,10 @@ def evaluate(
     if len(split) == 0:
         return {}
     device = model_device(model)
+    rows = eval_rows(model, tuple(split.x.shape[1:]))
     chunks = [
-        model(torch.from_numpy(split.x[i : i + EVAL_CHUNK]).to(device))
-        for i in range(0, len(split), EVAL_CHUNK)
+        model(torch.from_numpy(split.x[i : i + rows]).to(device))
+        for i in range(0, len(split), rows)
     ]
     out = {t.name: torch.cat([c[t.name] for c in chunks]).cpu() for t in tasks}
     results = {}

@@ -56,8 +56,8 @@ def test_dense_losses_are_per_example_means_over_the_pixels() -> None:
     expected = F.cross_entropy(logits[1:2], labels[1:2])
     assert per[1].item() == pytest.approx(expected.item(), rel=1e-6)
     depth_out = torch.zeros(2, 1, 5, 6)
-    depth = torch.full((2, 5, 6), 7.0)  # normalised: (7 - 5) / 2 = 1 everywhere
-    assert DEPTH.per_example_loss(depth_out, depth).tolist() == [1.0, 1.0]
+    depth = torch.full((2, 5, 6), 9.0)  # normalised: (9 - 5) / 2 = 2 everywhere
+    assert DEPTH.per_example_loss(depth_out, depth).tolist() == [2.0, 2.0]  # L1, not MSE
     assert SEG.predict(logits).shape == (3, 5, 6)
     assert DEPTH.predict(depth_out)[0, 0, 0] == 5.0  # back in depth units
 
