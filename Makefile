@@ -14,7 +14,7 @@ ARGS ?=
 # a module stays whole on one worker (--dist loadscope), so its fixtures run once.
 TEST_WORKERS ?= 3
 
-.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit weighting
+.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit weighting ablation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ privacy-audit: $(STAMP)
 
 weighting: $(STAMP)
 	$(PY) -m experiments.weighting_study $(ARGS)
+
+ablation: $(STAMP)
+	$(PY) -m experiments.ablation $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

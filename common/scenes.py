@@ -58,7 +58,7 @@ FLOOR_FAR = 8.0
 # Fixed normalisation constants, written down rather than computed at run time so that no
 # statistic of any split flows into training. Depth: the per-pixel mean and std over 20 000
 # scenes at 32x32 (seeds 0-2, 2-6 groups) are 4.68-4.70 and 1.86 (the floor alone, uniform
-# from 2 to 8, has mean 5 and std 1.8; the shapes in front pull the mean down). Count: one to
+# from 2 to 8, has mean 5 and std 1.73; the shapes in front pull the mean down). Count: one to
 # four shapes drawn uniformly have mean 2.5 and std 1.12, and complete occlusion hides about
 # one shape in sixty (measured mean 2.45-2.46, std 1.10), so the nominal 2.5 and 1.1.
 SCENES_TASKS: list[TaskSpec] = [

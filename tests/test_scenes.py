@@ -111,7 +111,7 @@ def test_group_styles_depend_on_seed_and_group_only() -> None:
         np.testing.assert_allclose(top_small, top_large, atol=0.06)
 
 
-def test_groups_are_interleaved_equal_blocks_with_names() -> None:
+def test_groups_are_interleaved_equal_in_size_and_named() -> None:
     p = scenes(10, seed=0, num_groups=3)
     assert p.natural_group.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
     assert np.bincount(p.natural_group).tolist() == [4, 3, 3]
