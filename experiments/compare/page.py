@@ -79,7 +79,8 @@ SETUP = """\
   every client's own test split). The references use `load_client_data` for the same splits and
   `build_model` / `local_round` / `train_epochs` for the same model and training code.
 - Metric: final-round test metric per client (accuracy for classification, MAE for
-  regression), mean over the clients holding the task; mean ± std (sample std) over seeds.
+  regression, mIoU for segmentation, abs-rel for depth), mean over the clients holding the
+  task; mean ± std (sample std) over seeds.
   *mean cls acc* = mean over the classification tasks. Δm (%) = mean over tasks of the
   per-task mean over clients of (−1)^{{higher-is-better}}·(M − M_single-task)/M_single-task·100,
   against local single-task with the same seed (lower is better).
@@ -149,7 +150,8 @@ def results_markdown(
         f"- Budget, the same for every row: {cfg.num_server_rounds} rounds × {cfg.local_epochs} "
         f"local epochs (references: the same number of epochs), batch {cfg.batch_size}, SGD lr "
         f"{cfg.lr:g}, momentum {cfg.momentum:g}. Overrides of the run-config defaults for all "
-        f"cells: {', '.join(f'`{k}={v}`' for k, v in grid.common.items()) or 'none'}."
+        f"cells: {', '.join(f'`{k}={v}`' for k, v in grid.common.items()) or 'none'}. "
+        f"Each setting's own keys, which hold for all of its rows: {setting_keys(grid)}."
         + (f" Why: {note}" if grid.name == "default" and (note := suite_note(grid, inv)) else ""),
         SETUP.format(
             fed_mtl=", ".join(LABELS[m] for m in FED_MTL),
@@ -214,6 +216,18 @@ def _cpu_note(invocations: list[dict[str, Any]]) -> str:
         f"{'/'.join(map(str, cpus))} CPU cores"
         if cpus
         else "a machine whose CPUs were not recorded"
+    )
+
+
+# Keys that locate a setting's files: machine-specific, so not printed.
+FILE_KEYS = ("hf-dataset", "schema-file", "data-file")
+
+
+def setting_keys(grid: Grid) -> str:
+    """Every setting's own run-config keys (its files' locations left out)."""
+    return "; ".join(
+        f"`{s.label}`: " + ", ".join(f"`{k}={v}`" for k, v in s.overrides if k not in FILE_KEYS)
+        for s in grid.settings
     )
 
 
