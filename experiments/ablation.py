@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from common.config import parse_run_config
 from deploy.runs import REPO, parse_overrides
 from experiments.compare.grid import SCENES
+from experiments.compare.plots import Curves, plot_rounds
 from experiments.compare.references import SINGLE_TASK, run_reference
 from experiments.kit import cli
 from experiments.kit.cells import finished, read_record
 from experiments.kit.report import command, task_counts, training_text, write, written_by
 from experiments.kit.runner import Job, Timings, flower_run, run_jobs
-from experiments.kit.scores import delta_m, final_metrics
+from experiments.kit.scores import delta_m, final_metrics, task_headlines
 from experiments.kit.stats import mean_std, paired_verdict, pm
 from experiments.kit.tables import md_header, md_row
+from server.results import read_metrics
 
 # What each variant changes on top of the base config; the first is the baseline.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -44,6 +47,7 @@ SEEDS = (0, 1, 2)
 BASE: dict[str, Any] = {**SCENES.config, "algorithm": "fedper", "num-server-rounds": 10}
 RESULTS_DIR = REPO / "results" / "ablation"
 OUT = REPO / "docs" / "ABLATION.md"
+LAST_ROUNDS = 3  # the report gives each curve's change over its last rounds
 CELL_TIMEOUT_S = 1800.0
 
 Cell = tuple[str, int]  # (variant or SINGLE_TASK, seed)
@@ -112,6 +116,47 @@ def compare(
     return {"delta_m": dm, "tasks": tasks, "metric": metric, "verdicts": verdicts}
 
 
+def curves(
+    summaries: dict[Cell, dict[str, Any]], results_dir: Path, variants: tuple[str, ...]
+) -> Curves:
+    """Per variant and task: the client-mean test headline per round, mean over seeds, from
+    each run's metrics.jsonl."""
+    acc: dict[str, dict[str, dict[int, list[float]]]] = {
+        v: defaultdict(lambda: defaultdict(list)) for v in variants
+    }
+    for (variant, seed), summary in summaries.items():
+        if variant not in variants:
+            continue
+        heads = task_headlines(summary)
+        for row in read_metrics(Path(results_dir) / run_name(variant, seed) / "metrics.jsonl"):
+            for task, m in row.get("per_task", {}).items():
+                key = f"test/{heads.get(task)}"
+                if key in m:
+                    acc[variant][task][row["round"]].append(m[key]["mean"])
+    return {
+        v: {
+            t: (sorted(by_round), [sum(x) / len(x) for _, x in sorted(by_round.items())])
+            for t, by_round in acc[v].items()
+        }
+        for v in variants
+    }
+
+
+def late_change(curve: Curves, variants: tuple[str, ...], tasks: list[str]) -> list[str]:
+    """Table rows: per task, each variant's change of its curve over the last
+    `LAST_ROUNDS` rounds (how far from flat the budget leaves it)."""
+    rows = []
+    for task in tasks:
+        cells = []
+        for v in variants:
+            by_round = dict(zip(*curve[v].get(task, ([], [])), strict=True))
+            last = max(by_round, default=None)
+            earlier = by_round.get(last - LAST_ROUNDS) if last is not None else None
+            cells.append("–" if earlier is None else f"{by_round[last] - earlier:+.3f}")
+        rows.append(md_row(task, *cells))
+    return rows
+
+
 def report(
     table: dict[str, Any],
     variants: tuple[str, ...],
@@ -119,6 +164,8 @@ def report(
     base: dict[str, Any],
     cmd: str,
     wall_s: float,
+    curve: Curves,
+    plot: str,
 ) -> str:
     cfg = parse_run_config(base)
     sizes = task_counts(cfg)
@@ -177,8 +224,18 @@ def report(
         "",
         *(f"- {v} vs {BASELINE} on Δm: {x.verdict}." for v, x in table["verdicts"].items()),
         "",
-        f"Caveat: {cfg.num_server_rounds} rounds and {len(seeds)} seeds; whether the curves "
-        "have flattened at this budget is not shown here.",
+        "## Curves",
+        "",
+        f"![test metric per round]({plot})",
+        "",
+        f"Change of each curve over its last {LAST_ROUNDS} rounds (round "
+        f"{cfg.num_server_rounds} minus round {cfg.num_server_rounds - LAST_ROUNDS}; mean over "
+        "seeds of the client-mean test metric); a curve that still moves has not converged:",
+        "",
+        *md_header("task", *variants),
+        *late_change(curve, variants, sorted(table["tasks"])),
+        "",
+        f"Caveat: {cfg.num_server_rounds} rounds and {len(seeds)} seeds.",
         "",
     ]
     return "\n".join(lines)
@@ -219,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     table = compare(summaries, variants, seeds)  # type: ignore[arg-type]
     wall = sum(i["wall_s"] for i in Timings(Path(args.results_dir) / "timings.json").ran())
     cmd = command("experiments.ablation", given)
-    write(args.out, report(table, variants, seeds, base, cmd, wall))
+    curve = curves(summaries, args.results_dir, variants)  # type: ignore[arg-type]
+    png = args.out.parent / "ablation" / "curves.png"
+    tasks = sorted(table["tasks"])
+    plot_rounds(curve, tasks, table["metric"], "scenes ablation", png)
+    rel = str(png.relative_to(args.out.parent)) if png.is_relative_to(args.out.parent) else png
+    write(args.out, report(table, variants, seeds, base, cmd, wall, curve, str(rel)))
     print(f"wrote {args.out}")
     return 0
 

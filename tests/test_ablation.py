@@ -49,3 +49,14 @@ def test_each_variant_changes_one_key_and_the_reference_trains_locally(tmp_path)
     assert overrides(BASE, tmp_path, "mtan", 0)["architecture"] == "mtan"
     assert all(len(v) <= 1 for v in VARIANTS.values())
     assert BASE["dataset"] == "scenes"
+
+
+def test_the_late_change_is_the_last_round_minus_the_round_three_before():
+    from experiments.ablation import late_change
+
+    curve = {
+        "hps": {"depth": ([1, 2, 3, 4, 5], [0.5, 0.4, 0.3, 0.25, 0.2])},
+        "mtan": {"depth": ([1, 2], [0.5, 0.4])},  # too short to say
+    }
+    (row,) = late_change(curve, ("hps", "mtan"), ["depth"])
+    assert row == "| depth | -0.200 | – |"  # round 5 (0.2) minus round 2 (0.4)
