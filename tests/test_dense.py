@@ -157,3 +157,20 @@ def test_dp_sgd_trains_a_client_whose_tasks_are_all_dense() -> None:
     assert all(torch.equal(before[k], after[k]) for k in projection)
     assert not torch.equal(before["encoder.blocks.0.0.weight"], after["encoder.blocks.0.0.weight"])
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_membership_statistic_scores_dense_tasks_by_their_loss() -> None:
+    """LiRA's per-example statistic works on a client with dense tasks: one number per
+    example, higher where the dense loss is lower."""
+    from common.federation import Split
+    from experiments.privacy.models import confidence
+
+    model = _model("hps", "cnn", [SEG, COUNT])
+    x = torch.rand(4, 3 * 16 * 16).numpy()
+    with torch.no_grad():
+        seg = model(torch.from_numpy(x))["segmentation"].argmax(1).numpy()
+    wrong = (seg + 1) % 4
+    y = {"segmentation": np.concatenate([seg[:2], wrong[2:]]), "count": np.full(4, 2.0, "f4")}
+    phi = confidence(model, Split(x, y), [SEG, COUNT])
+    assert phi.shape == (4,)
+    assert min(phi[:2]) > max(phi[2:])  # its own predictions as labels: lower loss

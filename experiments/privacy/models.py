@@ -135,14 +135,15 @@ def multitask_loss_fn(tasks: Sequence[TaskSpec]):
 @torch.no_grad()
 def confidence(model: nn.Module, split: Split, tasks: Sequence[TaskSpec]) -> np.ndarray:
     """LiRA statistic of a multi-task client: Σ over its tasks of the logit-scaled true-class
-    confidence (classification) or −loss (regression). Non-finite outputs (a diverged model)
-    count as maximally unconfident."""
+    confidence (classification) or −loss (regression, and dense tasks, whose loss is the
+    mean over their pixels). Non-finite outputs (a diverged model) count as maximally
+    unconfident."""
     model.eval()
     out = model(torch.from_numpy(split.x))
     phi = torch.zeros(len(split), dtype=torch.float64)
     for t in tasks:
         y = torch.from_numpy(split.y[t.name])
-        if t.is_classification:
+        if t.is_classification and not t.is_dense:
             phi += logit_confidence(out[t.name].double(), y).double()
         else:
             phi -= t.per_example_loss(out[t.name], y).double()
