@@ -20,6 +20,9 @@ from experiments.kit.stats import mean_std, pm
 from experiments.kit.tables import md_header, md_row
 from server.results import LAST_K
 
+# Column labels of the headline metrics.
+METRIC_LABELS = {"accuracy": "acc %", "mae": "MAE", "miou": "mIoU", "abs_rel": "abs-rel"}
+
 
 def fmt(ms: tuple[float, float, int] | None, metric: str = "", scale: float = 1.0) -> str:
     """'mean ± std' (accuracy in %, other metrics with digits by magnitude); '—' if none."""
@@ -78,7 +81,7 @@ def main_table(grid: Grid, agg: dict[RowKey, Aggregate], setting: str) -> list[s
         t: next(a.tasks[t]["metric"] for k, a in agg.items() if k[0] == setting and t in a.tasks)
         for t in tasks
     }
-    head = [f"{t} ({'acc %' if metrics[t] == 'accuracy' else metrics[t].upper()})" for t in tasks]
+    head = [f"{t} ({METRIC_LABELS.get(metrics[t], metrics[t])})" for t in tasks]
     lines = md_header(
         "method",
         *head,
