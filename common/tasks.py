@@ -18,6 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from common.metric_names import HEADLINE_BY_KIND, metric_higher_is_better
+from common.scoring import (
+    classification_metrics,
+    depth_metrics,
+    regression_metrics,
+    segmentation_metrics,
+)
 
 TaskKind = Literal["multiclass", "binary", "regression", "segmentation", "depth"]
 TASK_KINDS: tuple[str, ...] = ("multiclass", "binary", "regression", "segmentation", "depth")
@@ -111,55 +117,6 @@ class TaskSpec:
             return segmentation_metrics(y_true, y_pred)
         if self.kind == "depth":
             return depth_metrics(y_true, y_pred)
-        from sklearn.metrics import (
-            accuracy_score,
-            f1_score,
-            mean_absolute_error,
-            mean_squared_error,
-            r2_score,
-        )
-
         if self.is_classification:
-            # Macro-F1 over the classes present in the labels or the predictions: a class a
-            # label-skewed client neither holds nor predicts has no F1 to average, and counting
-            # it as 0 would cap perfect predictions on 5 of 10 classes at 0.5. A predicted class
-            # that is absent from the labels still counts (its F1 is 0).
-            labels = np.union1d(y_true, y_pred)
-            return {
-                "accuracy": float(accuracy_score(y_true, y_pred)),
-                "macro_f1": float(
-                    f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
-                ),
-            }
-        r2 = float(r2_score(y_true, y_pred)) if len(y_true) > 1 else 0.0
-        return {
-            "mae": float(mean_absolute_error(y_true, y_pred)),
-            "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
-            "r2": r2,
-        }
-
-
-def segmentation_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Pixel accuracy and mean IoU over the classes present in the labels or the
-    predictions (as macro-F1 does: a class neither held nor predicted has no IoU to
-    average; one predicted but absent scores 0)."""
-    t, p = y_true.reshape(-1), y_pred.reshape(-1)
-    ious = []
-    for c in np.union1d(t, p):
-        union = np.count_nonzero((t == c) | (p == c))
-        ious.append(np.count_nonzero((t == c) & (p == c)) / union)
-    return {"pixel_accuracy": float(np.mean(t == p)), "miou": float(np.mean(ious))}
-
-
-def depth_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Absolute relative error mean(|d̂ − d| / d) and RMSE, over the pixels with a positive
-    ground-truth depth (the standard depth-estimation pair)."""
-    t, p = y_true.reshape(-1).astype(np.float64), y_pred.reshape(-1).astype(np.float64)
-    valid = t > 0
-    if not valid.any():
-        raise ValueError("depth metrics need at least one pixel with a positive depth")
-    t, p = t[valid], p[valid]
-    return {
-        "abs_rel": float(np.mean(np.abs(p - t) / t)),
-        "rmse": float(np.sqrt(np.mean((p - t) ** 2))),
-    }
+            return classification_metrics(y_true, y_pred)
+        return regression_metrics(y_true, y_pred)
