@@ -1,6 +1,7 @@
-"""Ablation of the shared modules on the generated scenes: the architecture (hps, mmoe,
-mtan) and the server's aggregation of the encoder (mean, hca), each under fedper, against
-hps with mean aggregation.
+"""Ablation of the shared modules on the generated scenes: the sharing depth (the whole
+encoder or its first block), the architecture (hps, mmoe, mtan, cross-stitch) and the
+server's aggregation of the encoder (mean, pcgrad, hca), each under fedper, against hps
+sharing the whole encoder with mean aggregation.
 
     python -m experiments.ablation                                   # seeds 0 1 2
     python -m experiments.ablation --seeds 0 1 2 3 4 -c num-server-rounds=50
@@ -38,8 +39,11 @@ from server.results import read_metrics
 # What each variant changes on top of the base config; the first is the baseline.
 VARIANTS: dict[str, dict[str, Any]] = {
     "hps": {},
+    "shared-1": {"shared-layers": 1},  # sharing depth: only the first encoder block
     "mmoe": {"architecture": "mmoe"},
     "mtan": {"architecture": "mtan"},
+    "cross-stitch": {"architecture": "cross-stitch"},
+    "pcgrad": {"aggregation": "pcgrad"},
     "hca": {"aggregation": "hca"},
 }
 BASELINE = "hps"
