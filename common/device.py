@@ -14,7 +14,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from common.config import DEVICE_PATTERN, ConfigError
+from common.config import ConfigError
+from common.config_checks import DEVICE_PATTERN
 
 # Which device types each `amp` setting runs on. fp16 needs CUDA's GradScaler to keep small
 # gradients from flushing to zero; bf16 has fp32's exponent range and needs no scaler, and

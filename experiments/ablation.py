@@ -1,17 +1,19 @@
-"""Ablation of the shared modules on the generated scenes: the sharing depth (the whole
-encoder or its first block), the architecture (hps, mmoe, mtan, cross-stitch) and the
-server's aggregation of the encoder (mean, pcgrad, hca), each under fedper, against hps
-sharing the whole encoder with mean aggregation.
+"""Ablation of the shared modules on one setting (the generated scenes or MultiDigits at
+Dirichlet α = 0.5): the sharing depth (the whole encoder or its first block), the
+architecture (hps, mmoe, mtan, cross-stitch) and the server's aggregation of the encoder
+(mean, pcgrad, hca), each under fedper, against hps sharing the whole encoder with mean
+aggregation.
 
-    python -m experiments.ablation                                   # seeds 0 1 2
-    python -m experiments.ablation --seeds 0 1 2 3 4 -c num-server-rounds=50
+    python -m experiments.ablation                                   # scenes, seeds 0 1 2
+    python -m experiments.ablation --setting multidigits-a0.5 --seeds 0 1 2 3 4
 
 Every variant is a real Flower simulation through the kit's runner (finished runs are
 resumed). Δm is measured per (client, task) against the single-task reference of the same
 seed (one model per client and task, trained in process on the same splits), LibMTL's
 convention (`experiments.kit.scores`); lower is better. Each variant is compared with the
 baseline paired by seed: the mean difference of Δm with its 95 % t interval and the paired
-t-test, "better / worse / no difference at α = 0.05". Written to docs/ABLATION.md.
+t-test, "better / worse / no difference at α = 0.05". Written to
+docs/ablation/<setting>.md with the curves next to it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from common.config import parse_run_config
 from deploy.runs import REPO, parse_overrides
-from experiments.compare.grid import SCENES
+from experiments.compare.grid import SCENES, Setting, dirichlet_setting
 from experiments.compare.plots import Curves, plot_rounds
 from experiments.compare.references import SINGLE_TASK, run_reference
 from experiments.kit import cli
@@ -48,17 +50,38 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 BASELINE = "hps"
 SEEDS = (0, 1, 2)
-BASE: dict[str, Any] = {**SCENES.config, "algorithm": "fedper", "num-server-rounds": 10}
+
+
+def _base(setting: Setting, rounds: int) -> dict[str, Any]:
+    return {**setting.config, "algorithm": "fedper", "num-server-rounds": rounds}
+
+
+# Each setting's base config. Scenes: 10 rounds (a scenes round costs several seconds on
+# 2 cores). MultiDigits: 50 rounds, where its curves have flattened (the report shows them).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "scenes": _base(SCENES, 10),
+    "multidigits-a0.5": _base(dirichlet_setting("multidigits", 0.5), 50),
+}
+DEFAULT_SETTING = "scenes"
+BASE = SETTINGS[DEFAULT_SETTING]
 RESULTS_DIR = REPO / "results" / "ablation"
-OUT = REPO / "docs" / "ABLATION.md"
+DOCS = REPO / "docs" / "ablation"  # <setting>.md and <setting>-curves.png
 LAST_ROUNDS = 3  # the report gives each curve's change over its last rounds
 CELL_TIMEOUT_S = 1800.0
 
 Cell = tuple[str, int]  # (variant or SINGLE_TASK, seed)
 
 
-def run_name(variant: str, seed: int) -> str:
-    return f"scenes-{variant}-s{seed}"
+def setting_of(base: dict[str, Any]) -> str:
+    """The setting label of a base config: the one in `SETTINGS` whose keys it keeps."""
+    for label, cfg in SETTINGS.items():
+        if all(base.get(k) == v for k, v in cfg.items() if k != "num-server-rounds"):
+            return label
+    raise ValueError(f"base config matches none of the settings {sorted(SETTINGS)}")
+
+
+def run_name(variant: str, seed: int, setting: str = DEFAULT_SETTING) -> str:
+    return f"{setting}-{variant}-s{seed}"
 
 
 def overrides(base: dict[str, Any], results_dir: Path, variant: str, seed: int) -> dict:
@@ -68,7 +91,7 @@ def overrides(base: dict[str, Any], results_dir: Path, variant: str, seed: int) 
         **base,
         **extra,
         "seed": seed,
-        "run-name": run_name(variant, seed),
+        "run-name": run_name(variant, seed, setting_of(base)),
         "results-dir": str(Path(results_dir).resolve()),
     }
 
@@ -86,7 +109,7 @@ def summary_of(base: dict[str, Any], results_dir: Path, cell: Cell) -> dict[str,
 
 def job(base: dict[str, Any], results_dir: Path, cell: Cell) -> Job:
     ov = overrides(base, results_dir, *cell)
-    name = run_name(*cell)
+    name = ov["run-name"]
     if cell[0] == SINGLE_TASK:
         out_dir = str(Path(ov["results-dir"]) / name)
         return Job(name, SINGLE_TASK, run_reference, (SINGLE_TASK, ov, out_dir), flower=False)
@@ -121,7 +144,10 @@ def compare(
 
 
 def curves(
-    summaries: dict[Cell, dict[str, Any]], results_dir: Path, variants: tuple[str, ...]
+    summaries: dict[Cell, dict[str, Any]],
+    results_dir: Path,
+    variants: tuple[str, ...],
+    setting: str = DEFAULT_SETTING,
 ) -> Curves:
     """Per variant and task: the client-mean test headline per round, mean over seeds, from
     each run's metrics.jsonl."""
@@ -132,7 +158,8 @@ def curves(
         if variant not in variants:
             continue
         heads = task_headlines(summary)
-        for row in read_metrics(Path(results_dir) / run_name(variant, seed) / "metrics.jsonl"):
+        runs = Path(results_dir) / run_name(variant, seed, setting)
+        for row in read_metrics(runs / "metrics.jsonl"):
             for task, m in row.get("per_task", {}).items():
                 key = f"test/{heads.get(task)}"
                 if key in m:
@@ -146,17 +173,25 @@ def curves(
     }
 
 
-def late_change(curve: Curves, variants: tuple[str, ...], tasks: list[str]) -> list[str]:
-    """Table rows: per task, each variant's change of its curve over the last
-    `LAST_ROUNDS` rounds (how far from flat the budget leaves it)."""
+def late_window(rounds: int) -> int:
+    """How many final rounds the late change spans: a fifth of the budget, at least
+    `LAST_ROUNDS` (over 50 rounds, a 3-round change is mostly noise)."""
+    return max(LAST_ROUNDS, rounds // 5)
+
+
+def late_change(
+    curve: Curves, variants: tuple[str, ...], tasks: list[str], last: int = LAST_ROUNDS
+) -> list[str]:
+    """Table rows: per task, each variant's change of its curve over the `last` final
+    rounds (how far from flat the budget leaves it)."""
     rows = []
     for task in tasks:
         cells = []
         for v in variants:
             by_round = dict(zip(*curve[v].get(task, ([], [])), strict=True))
-            last = max(by_round, default=None)
-            earlier = by_round.get(last - LAST_ROUNDS) if last is not None else None
-            cells.append("–" if earlier is None else f"{by_round[last] - earlier:+.3f}")
+            final = max(by_round, default=None)
+            earlier = by_round.get(final - last) if final is not None else None
+            cells.append("–" if earlier is None else f"{by_round[final] - earlier:+.3f}")
         rows.append(md_row(task, *cells))
     return rows
 
@@ -172,20 +207,22 @@ def report(
     plot: str,
 ) -> str:
     cfg = parse_run_config(base)
+    setting = setting_of(base)
+    last = late_window(cfg.num_server_rounds)
     sizes = task_counts(cfg)
     changed = {v: ", ".join(f"`{k}={x}`" for k, x in VARIANTS[v].items()) for v in variants}
     lines = [
-        "# Ablation of the shared modules on scenes",
+        f"# Ablation of the shared modules on {setting}",
         "",
         written_by(cmd),
         "",
         f"{len(variants)} variants × {len(seeds)} seeds as real Flower simulations, plus the "
-        f"single-task reference per seed; the invocations took {wall_s / 60:.1f} min in all "
-        "(finished runs are resumed).",
+        f"single-task reference per seed; the cells took {wall_s / 60:.1f} min in all "
+        "(wall time per cell, summed; finished runs are resumed).",
         "",
         "Setting: " + ", ".join(f"`{k}={v}`" for k, v in base.items()) + f"; {training_text(cfg)}"
         f", the default {cfg.num_clients}-client task plan ({min(sizes)}–{max(sizes)} tasks per "
-        "client, dense and scene-level mixed). Every variant is fedper (heads private) and "
+        "client). Every variant is fedper (heads private) and "
         f"changes one thing against `{BASELINE}` (one shared encoder, mean aggregation): "
         + "; ".join(f"{v}: {c or 'the baseline'}" for v, c in changed.items())
         + ".",
@@ -232,12 +269,12 @@ def report(
         "",
         f"![test metric per round]({plot})",
         "",
-        f"Change of each curve over its last {LAST_ROUNDS} rounds (round "
-        f"{cfg.num_server_rounds} minus round {cfg.num_server_rounds - LAST_ROUNDS}; mean over "
+        f"Change of each curve over its last {last} rounds (round "
+        f"{cfg.num_server_rounds} minus round {cfg.num_server_rounds - last}; mean over "
         "seeds of the client-mean test metric); a curve that still moves has not converged:",
         "",
         *md_header("task", *variants),
-        *late_change(curve, variants, sorted(table["tasks"])),
+        *late_change(curve, variants, sorted(table["tasks"]), last),
         "",
         f"Caveat: {cfg.num_server_rounds} rounds and {len(seeds)} seeds.",
         "",
@@ -249,19 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     cli.stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_study_options(parser, seeds=SEEDS)
+    parser.add_argument("--setting", choices=list(SETTINGS), default=DEFAULT_SETTING)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, help="default: docs/ablation/<setting>.md")
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(given)
     if BASELINE not in args.variants:
         parser.error(f"the ablation compares against {BASELINE}: include it in --variants")
     variants, seeds = tuple(args.variants), tuple(args.seeds)
-    base = {**BASE, **parse_overrides(args.run_config)}
+    setting = args.setting
+    base = {**SETTINGS[setting], **parse_overrides(args.run_config)}
+    out = args.out or DOCS / f"{setting}.md"
     all_cells = cells(variants, seeds)
     if args.dry_run:
         return cli.dry_run(
-            (c[0], run_name(*c), summary_of(base, args.results_dir, c) is not None)
+            (c[0], run_name(*c, setting), summary_of(base, args.results_dir, c) is not None)
             for c in all_cells
         )
     if not args.report_only:
@@ -273,20 +313,20 @@ def main(argv: list[str] | None = None) -> int:
             results_dir=Path(args.results_dir).resolve(),
         )
     summaries = {c: summary_of(base, args.results_dir, c) for c in all_cells}
-    missing = [run_name(*c) for c, s in summaries.items() if s is None]
+    missing = [run_name(*c, setting) for c, s in summaries.items() if s is None]
     if missing:
         print(f"ablation: no finished run for {', '.join(missing)}", file=sys.stderr)
         return 1
     table = compare(summaries, variants, seeds)  # type: ignore[arg-type]
-    wall = sum(i["wall_s"] for i in Timings(Path(args.results_dir) / "timings.json").ran())
+    per_cell = Timings(Path(args.results_dir) / "timings.json").cells
+    wall = sum(per_cell.get(run_name(*c, setting), 0.0) for c in all_cells)
     cmd = command("experiments.ablation", given)
-    curve = curves(summaries, args.results_dir, variants)  # type: ignore[arg-type]
-    png = args.out.parent / "ablation" / "curves.png"
+    curve = curves(summaries, args.results_dir, variants, setting)  # type: ignore[arg-type]
+    png = out.parent / f"{setting}-curves.png"
     tasks = sorted(table["tasks"])
-    plot_rounds(curve, tasks, table["metric"], "scenes ablation", png)
-    rel = str(png.relative_to(args.out.parent)) if png.is_relative_to(args.out.parent) else png
-    write(args.out, report(table, variants, seeds, base, cmd, wall, curve, str(rel)))
-    print(f"wrote {args.out}")
+    plot_rounds(curve, tasks, table["metric"], f"{setting} ablation", png)
+    write(out, report(table, variants, seeds, base, cmd, wall, curve, png.name))
+    print(f"wrote {out}")
     return 0
 
 

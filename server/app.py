@@ -18,6 +18,7 @@ from common.algorithms import get_algorithm
 from common.config import RunConfig, parse_run_config
 from common.datasets import input_shape
 from common.models import MultiTaskModel, count_parameters, encoder_for
+from common.randomness import os_entropy_seed
 from common.records import arrays_from_model, model_shared_keys
 from server.checkpoint import clear_checkpoints, load_checkpoint, restore_strategy
 from server.conflict_averse import wrap_aggregation
@@ -49,11 +50,18 @@ def tune_grid(grid: Grid, cfg: RunConfig) -> None:
         grid.pull_interval = cfg.grid_pull_interval
 
 
+def seed_node_sampling(cfg: RunConfig) -> None:
+    """Seed Python's global RNG, which Flower's node sampling draws from: the run seed, so a
+    run's client sample replays, except where ε is amplified by that sample, which holds
+    only while the sample is secret: then OS entropy."""
+    random.seed(os_entropy_seed() if cfg.cdp_amplification != "none" else cfg.seed)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
     tune_grid(grid, cfg)
-    random.seed(cfg.seed)  # Flower's node sampling uses Python's global RNG
+    seed_node_sampling(cfg)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.results_dir) / cfg.name
     results = RunResults(out, {**cfg.to_dict(), "run-name": cfg.name, "digest": cfg.digest()})

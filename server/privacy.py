@@ -4,9 +4,12 @@ Fixed clipping uses the wrappers' own RDP accountant (Flower 1.42, `flwr[dp]`), 
 on what makes the accounting valid: FedAvg's aggregation, equal client weights (clients
 report `num-examples = 1` under central DP) and exactly the configured number of sampled
 clients per round. Sampling is accounted without amplification (conservative: Flower samples
-a fixed-size subset, not Poisson). Adaptive clipping wrappers have no accountant of their own;
-the same RDP accountant is composed here with the configured σ, which the wrapper splits
-between the update sum and the clipped-count query.
+a fixed-size subset, not Poisson); Flower's fixed-clipping wrappers refuse any other sampling
+method. With `cdp-amplification = "without-replacement"` the rounds also report ε amplified by
+that uniform sample (`amplified_epsilon`), which holds under replace-one neighbours while the
+sample is secret; the budget stays on the conservative ε. Adaptive clipping wrappers have no
+accountant of their own; the same RDP accountant is composed here with the configured σ,
+which the wrapper splits between the update sum and the clipped-count query.
 
 Every release is composed where it happens (`release`, or the SecAgg+ wrapper in
 `server.secure_aggregation`); a round short of its fixed sample releases nothing
@@ -57,18 +60,44 @@ def make_accountant(cfg: RunConfig, population: int) -> RdpAccountant:
     )
 
 
+def amplified_epsilon(
+    noise_multiplier: float, sampled: int, population: int, releases: int, delta: float
+) -> float:
+    """ε after `releases` rounds that each sample `sampled` of `population` clients
+    uniformly without replacement and add N(0, (σC)²) to the sum of updates clipped to C.
+
+    The subsampled-Gaussian bound for sampling without replacement (Wang, Balle and
+    Kasiviswanathan 2019, through Flower's RDP accountant) holds for replace-one
+    neighbours, under which the clipped sum's sensitivity is 2C: the noise multiplier
+    relative to it is σ/2. The population size is public under this relation."""
+    if releases == 0:
+        return 0.0
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=delta,
+            population_size=population,
+            neighboring_relation=NeighboringRelation.REPLACE_ONE,
+            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT,
+        )
+    )
+    accountant.compose(GaussianPrivacyEvent(noise_multiplier / 2, sampled, population), releases)
+    return accountant.get_epsilon(delta)
+
+
 def wrap_central_dp(strategy: Strategy, cfg: RunConfig, population: int) -> Strategy:
     """The strategy inside Flower's DP wrapper chosen by `cdp-clipping`."""
     sampled = sampled_per_round(cfg, population)
     cls = WRAPPERS[cfg.cdp_clipping]
     if cfg.cdp_clipping.startswith("fixed"):
-        return cls(
+        wrapper = cls(
             strategy,
             noise_multiplier=cfg.cdp_noise_multiplier,
             clipping_norm=cfg.clipping_norm,
             num_sampled_clients=sampled,
             accountant=make_accountant(cfg, population),
         )
+        wrapper.fedmtl_amplification = cfg.cdp_amplification
+        return wrapper
     wrapper = cls(
         strategy,
         noise_multiplier=cfg.cdp_noise_multiplier,
@@ -148,6 +177,15 @@ def privacy_after_round(strategy: Any) -> dict[str, float] | None:
         return None
     spent = accountant.get_privacy_spent()
     out = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
+    if getattr(strategy, "fedmtl_amplification", "none") != "none":
+        event = next_release(strategy)
+        out["epsilon_amplified"] = amplified_epsilon(
+            event.noise_multiplier,
+            event.sample_size,
+            event.population_size,
+            spent.num_releases,
+            spent.delta,
+        )
     if hasattr(strategy, "clipping_norm"):
         out["clipping_norm"] = float(strategy.clipping_norm)
     return out

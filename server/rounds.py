@@ -422,6 +422,8 @@ def round_line(row: dict, total: int) -> str:
             parts.append(f"{task} {h[0][:3]} {h[1]:.3f}")
     if "central_dp" in row:
         parts.append(f"ε {row['central_dp']['epsilon']:.2f}")
+        if "epsilon_amplified" in row["central_dp"]:
+            parts.append(f"(amplified {row['central_dp']['epsilon_amplified']:.2f})")
     if row.get("dp_epsilon"):
         parts.append(f"ε ≤ {max(row['dp_epsilon'].values()):.2f}")
     if row.get("failures"):

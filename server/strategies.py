@@ -71,7 +71,8 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,
         min_evaluate_nodes=cfg.min_nodes,
-        min_available_nodes=cfg.min_nodes,
+        # Amplified ε assumes the sample is drawn from the whole population: wait for it.
+        min_available_nodes=cfg.num_clients if cfg.cdp_amplification != "none" else cfg.min_nodes,
         evaluate_metrics_aggr_fn=aggregate_task_metrics,
     )
     return STRATEGY_BUILDERS[cfg.strategy](cfg, common)

@@ -57,6 +57,8 @@ def round_scalars(row: Mapping[str, Any]) -> dict[str, float]:
     if "central_dp" in row:
         out["privacy/central_epsilon"] = float(row["central_dp"]["epsilon"])
         out["privacy/central_delta"] = float(row["central_dp"]["delta"])
+        if "epsilon_amplified" in row["central_dp"]:
+            out["privacy/central_epsilon_amplified"] = float(row["central_dp"]["epsilon_amplified"])
     return out
 
 

@@ -60,3 +60,22 @@ def test_the_late_change_is_the_last_round_minus_the_round_three_before():
     }
     (row,) = late_change(curve, ("hps", "mtan"), ["depth"])
     assert row == "| depth | -0.200 | – |"  # round 5 (0.2) minus round 2 (0.4)
+
+
+def test_each_setting_names_its_runs_and_keeps_its_data_keys(tmp_path):
+    from experiments.ablation import SETTINGS, late_window, setting_of
+
+    digits = SETTINGS["multidigits-a0.5"]
+    cell = overrides(digits, tmp_path, "mtan", 2)
+    assert cell["run-name"] == "multidigits-a0.5-mtan-s2"
+    assert (cell["dataset"], cell["dirichlet-alpha"], cell["architecture"]) == (
+        "multidigits",
+        0.5,
+        "mtan",
+    )
+    assert overrides(BASE, tmp_path, "hps", 0)["run-name"] == "scenes-hps-s0"
+    # a round budget given with -c keeps the setting; another data set is refused
+    assert setting_of({**digits, "num-server-rounds": 80}) == "multidigits-a0.5"
+    with pytest.raises(ValueError, match="none of the settings"):
+        setting_of({**digits, "dirichlet-alpha": 5.0})
+    assert (late_window(10), late_window(50)) == (3, 10)

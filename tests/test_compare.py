@@ -300,7 +300,9 @@ def test_the_centralized_target_uses_the_tuned_reference(tmp_path: Path) -> None
 
     def centralized_targets() -> tuple[Any, list[Any]]:
         targets = check_targets(*_hand_made(tmp_path, accuracy))
-        about = [t for t in targets if "Centralized" in t.name]
+        about = [
+            t for t in targets if "Centralized" in t.name and "tuned Centralized" not in t.name
+        ]
         judged = [t for t in about if t.status != "info"]
         assert len(judged) == 1, [t.name for t in judged]  # one target, the rest information
         return judged[0], [t for t in about if t.status == "info"]
@@ -317,6 +319,44 @@ def test_the_centralized_target_uses_the_tuned_reference(tmp_path: Path) -> None
     assert centralized_targets()[0].status == "met"
     del accuracy[CENTRALIZED_TUNED]  # no tuned rows: the target cannot be judged
     assert centralized_targets()[0].status == "n/a"
+
+
+def test_the_private_heads_target_needs_a_negative_interval_and_the_centralized_margin(
+    tmp_path: Path,
+) -> None:
+    """FedPer (heads private) is chosen on validation over FedRep; the target holds only when
+    its Δm interval over seeds lies below 0 and it is within 2 points of tuned Centralized."""
+    from experiments.compare.targets import check_targets
+
+    accuracy = {"local": 0.80, "fedavg": 0.82, "fedper": 0.93, "fedrep": 0.83}
+    accuracy[CENTRALIZED_TUNED] = 0.94
+
+    def judged(delta_m: list[float]) -> Any:
+        collected, agg = _hand_made(tmp_path, accuracy)
+        for method, value in accuracy.items():
+            for seed, dm in enumerate(delta_m):
+                collected.rows.append(
+                    {
+                        "setting": "multidigits-a0.5",
+                        "method": method,
+                        "seed": seed,
+                        "delta_m": dm,
+                        "mean_cls_acc": value + 0.001 * seed,
+                    }
+                )
+        (target,) = [t for t in check_targets(collected, agg) if "tuned Centralized" in t.name]
+        return target
+
+    met = judged([-3.0, -4.0, -5.0])
+    assert met.status == "met", met.detail
+    assert met.detail.startswith("FedPer Δm -4.0 %, 95 % CI [")
+    assert "excludes 0" in met.detail
+    assert "FedPer 93.0 vs Centralized (lr on val) 94.0" in met.detail
+    assert judged([-3.0, 2.0, -5.0]).status == "missed"  # Δm's interval holds 0
+    accuracy["fedper"] = 0.90  # 4 points below Centralized
+    assert judged([-3.0, -4.0, -5.0]).status == "missed"
+    del accuracy[CENTRALIZED_TUNED]
+    assert judged([-3.0, -4.0, -5.0]).status == "n/a"
 
 
 def test_results_page_prose_follows_the_grid_and_the_timings(tmp_path: Path) -> None:

@@ -107,6 +107,10 @@ def test_the_mean_aggregation_keeps_the_digests_of_runs_made_before_the_key_exis
     assert hca.digest() != parse_run_config(old).digest()
     changed = parse_run_config({**old, "aggregation": "hca", "hca-c": 0.8})
     assert changed.digest() != hca.digest()
+    # Amplified ε assumes a secret client sample from round 1: a run cannot switch to it.
+    central = {**old, "algorithm": "fedper", "strategy": "fedavg", "privacy": "central-dp"}
+    amplified = {**central, "cdp-amplification": "without-replacement"}
+    assert parse_run_config(amplified).digest() != parse_run_config(central).digest()
 
 
 def test_same_training_reads_a_recorded_config_with_todays_keys() -> None:

@@ -124,6 +124,8 @@ def test_central_dp_reports_cumulative_client_level_epsilon(tmp_path: Path, clip
             # A reply the norm check rejects leaves the wrapper short of its fixed sample:
             # no release, no ε spent that round (correct, but not what this test measures).
             "max-update-ratio": 0.0,
+            # reported beside the conservative ε (fixed clipping only)
+            "cdp-amplification": "without-replacement" if clipping == "fixed-server" else "none",
         },
     )
     rows = [json.loads(x) for x in (outcome.results_dir / "metrics.jsonl").read_text().splitlines()]
@@ -134,8 +136,75 @@ def test_central_dp_reports_cumulative_client_level_epsilon(tmp_path: Path, clip
     ref = Reference()
     ref.history = [(2.0, 1.0, 2)]
     assert eps[1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
+    if clipping == "fixed-server":
+        # The sample is the whole population (q = 1): nothing to amplify, and under
+        # replace-one the sum's sensitivity doubles, so the noise counts as σ/2 = 1.
+        ref.history = [(1.0, 1.0, 2)]
+        amplified = [r["central_dp"]["epsilon_amplified"] for r in rows]
+        assert amplified[1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-6)
+        assert amplified[1] > eps[1]
+    else:
+        assert "epsilon_amplified" not in rows[1]["central_dp"]
     if clipping != "fixed-server":
         assert rows[1]["central_dp"]["clipping_norm"] != rows[0]["central_dp"]["clipping_norm"]
+
+
+def test_amplified_epsilon_is_the_subsampled_gaussian_without_replacement() -> None:
+    """Against dp_accounting itself: σ/2 (replace-one sensitivity 2C) in its
+    sampled-without-replacement event; a smaller sample of a larger population spends less,
+    and a full sample spends what the plain Gaussian at σ/2 spends."""
+    import dp_accounting
+
+    from server.privacy import amplified_epsilon
+
+    def reference(sigma: float, sampled: int, population: int, releases: int) -> float:
+        acc = dp_accounting.rdp.RdpAccountant(
+            neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+        )
+        gaussian = dp_accounting.GaussianDpEvent(sigma / 2)
+        event = dp_accounting.SampledWithoutReplacementDpEvent(population, sampled, gaussian)
+        acc.compose(event, releases)
+        return acc.get_epsilon(1e-5)
+
+    for sigma, m, n in [(4.0, 10, 100), (2.0, 10, 1000), (1.0, 50, 100)]:
+        got = amplified_epsilon(sigma, m, n, 30, 1e-5)
+        assert got == pytest.approx(reference(sigma, m, n, 30), rel=1e-9)
+    full = dp_accounting.rdp.RdpAccountant()
+    full.compose(dp_accounting.GaussianDpEvent(2.0), 30)
+    assert amplified_epsilon(4.0, 100, 100, 30, 1e-5) == pytest.approx(full.get_epsilon(1e-5))
+    eps = [amplified_epsilon(4.0, 10, n, 30, 1e-5) for n in (10, 100, 1000)]
+    assert eps[0] > eps[1] > eps[2]
+    assert amplified_epsilon(4.0, 10, 100, 0, 1e-5) == 0.0
+
+
+def test_amplification_draws_the_client_sample_from_os_entropy() -> None:
+    """Two servers with the same seed sample the same clients, unless ε is amplified by the
+    sample, which then must be secret."""
+    import random
+
+    from server.app import seed_node_sampling
+
+    def samples(extra: dict) -> list[list[int]]:
+        cfg = parse_run_config({"seed": 3, "algorithm": "fedper", **extra})
+        seed_node_sampling(cfg)
+        return [random.sample(range(1000), 10) for _ in range(3)]
+
+    assert samples({}) == samples({})
+    amplified = {"privacy": "central-dp", "cdp-amplification": "without-replacement"}
+    assert samples(amplified) != samples(amplified)
+
+
+def test_amplification_samples_from_the_whole_population() -> None:
+    """The bound is for a sample of the whole population: the strategy waits until every
+    client is connected before it samples (otherwise it samples among `min-nodes`)."""
+    from server.strategies import build_strategy
+
+    base = {"privacy": "central-dp", "algorithm": "fedper", "num-clients": 8, "min-nodes": 2}
+    plain = build_strategy(parse_run_config(base))
+    amplified = build_strategy(
+        parse_run_config({**base, "cdp-amplification": "without-replacement"})
+    )
+    assert (plain.min_available_nodes, amplified.min_available_nodes) == (2, 8)
 
 
 def test_central_dp_refuses_settings_that_break_its_accounting() -> None:
@@ -151,6 +220,13 @@ def test_central_dp_refuses_settings_that_break_its_accounting() -> None:
         parse_run_config({"privacy": "central-dp", "strategy": "fedmedian"})
     with pytest.raises(ConfigError, match="heads, which would travel without noise"):
         parse_run_config({"privacy": "central-dp", "algorithm": "fedavg"})
+    for extra in (
+        {"privacy": "dp-sgd"},
+        {"privacy": "central-dp", "cdp-clipping": "adaptive-server", "cdp-noise-multiplier": 0.1},
+        {"privacy": "central-dp", "cdp-clipping": "fixed-client", "secagg": True},
+    ):
+        with pytest.raises(ConfigError, match="cdp-amplification 'without-replacement' needs"):
+            parse_run_config({**extra, "cdp-amplification": "without-replacement"})
 
 
 @pytest.mark.slow

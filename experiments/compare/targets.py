@@ -115,6 +115,7 @@ def check_targets(collected: Collected, agg: dict[RowKey, Aggregate]) -> list[Ta
                     f"{acc(s, 'fedavg')}: {pts(p - avg)}; Δm {fmt(pdm, 'delta')} %",
                 )
             )
+            out.append(_private_heads_target(collected, agg, s, private, p))
     else:
         out.append(Target(f"{where} targets", "n/a", "setting or rows not in this grid"))
     s5 = NEAR_IID_SETTING
@@ -241,6 +242,38 @@ def _centralized_checks(
             )
         )
     return out
+
+
+def _private_heads_target(
+    collected: Collected, agg: dict[RowKey, Aggregate], setting: str, private: str, acc: float
+) -> Target:
+    """The product's premise judged on its own: the best algorithm whose heads never leave
+    the client (`private`, chosen on validation; `acc` its test mean classification accuracy
+    in points) beats local single-task training, Δm < 0 with its 95 % interval over seeds
+    excluding 0, and comes within the margin of Centralized with its lr chosen on
+    validation (a model that sees every client's data and trains every head on it)."""
+    grid = collected.grid
+    names = ", ".join(LABELS[m] for m in PRIVATE_HEADS)
+    name = (
+        f"{_setting_name(grid, setting)}, heads never leave the client: best of {names} (on "
+        "validation) has Δm < 0 vs local single-task (95 % CI excluding 0) and is within "
+        f"{CENTRALIZED_MARGIN:g} points of tuned Centralized"
+    )
+    ci = mean_ci(_by_seed(collected, setting, private, "delta_m").values())
+    tuned = agg.get(default_key(grid, setting, CENTRALIZED_TUNED))
+    if tuned is None or not tuned.cell["mean_cls_acc"][2] or ci.n < 2:
+        return Target(name, "n/a", f"needs {LABELS[CENTRALIZED_TUNED]} rows and two seeds")
+    central = _pts(tuned.cell["mean_cls_acc"])
+    below_zero = ci.mean + ci.spread < 0
+    within = acc >= central - CENTRALIZED_MARGIN
+    paired = paired_difference(collected, setting, private, CENTRALIZED_TUNED)
+    return Target(
+        name,
+        _status(below_zero and within, acc, central, ci.mean),
+        f"{LABELS[private]} Δm {ci.mean:+.1f} %, {delta_m_interval(collected, setting, private)}"
+        f"; {LABELS[private]} {acc:.1f} vs {LABELS[CENTRALIZED_TUNED]} {central:.1f}: "
+        f"{pts(acc - central)}, {paired}",
+    )
 
 
 def _status(ok: bool, *values: float) -> str:
