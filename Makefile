@@ -14,7 +14,7 @@ ARGS ?=
 # a module stays whole on one worker (--dist loadscope), so its fixtures run once.
 TEST_WORKERS ?= 3
 
-.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit weighting ablation
+.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit privacy-population weighting ablation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ privacy: $(STAMP)
 
 privacy-audit: $(STAMP)
 	$(PY) -m experiments.privacy.audit $(ARGS)
+
+privacy-population: $(STAMP)
+	$(PY) -m experiments.privacy.population $(ARGS)
 
 weighting: $(STAMP)
 	$(PY) -m experiments.weighting_study $(ARGS)
