@@ -14,7 +14,7 @@ the regression ones, each paired by seed against no DP) and two ε at δ = 1e-5:
   replace-one neighbours; `server.privacy.amplified_epsilon`).
 
     python -m experiments.privacy.population                   # seeds 0 1 2
-    python -m experiments.privacy.population --sigmas 0.5 1 --seeds 0 1 2
+    python -m experiments.privacy.population --sigmas 1 2 4 --seeds 0 1 2 3 4
 
 Written to docs/privacy/population.md.
 """
@@ -38,7 +38,7 @@ from experiments.kit.tables import md_header, md_row
 from server.results import read_metrics
 
 SEEDS = (0, 1, 2)
-SIGMAS = (0.5, 1.0)  # cdp-noise-multiplier; 0 in a cell is the no-DP row
+SIGMAS = (2.0, 4.0)  # cdp-noise-multiplier; 0 in a cell is the no-DP row
 CLIENTS, SAMPLED = 1000, 100
 BASE: dict[str, Any] = {
     "dataset": "synthcorr",
