@@ -11,11 +11,10 @@ from typing import Any
 
 from common.config import parse_run_config
 from common.datasets import dataset_tasks
-from common.metric_names import HEADLINE_METRICS
+from common.metric_names import HEADLINE_METRICS, metric_higher_is_better
 from experiments.compare.collect import Aggregate, Collected, RowKey
 from experiments.compare.grid import LABELS, METHODS, Grid
 from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED, SINGLE_TASK
-from experiments.kit.scores import higher_is_better
 from experiments.kit.stats import mean_std, pm
 from experiments.kit.tables import md_header, md_row
 from server.results import LAST_K
@@ -249,7 +248,7 @@ def transfer_table(grid: Grid, summary: dict[str, Any]) -> list[str]:
             for f in sorted(t["frozen"]):
                 fr, sc = t["frozen"][f], t["scratch"][f]
                 diff = fr[0] - sc[0]
-                better = (diff > 0) == higher_is_better(m) if diff != 0 else False
+                better = (diff > 0) == metric_higher_is_better(m) if diff != 0 else False
                 d = f"{100 * diff:+.1f} pts" if m == "accuracy" else f"{diff:+.3f}"
                 verdict = "frozen better" if better else "scratch better or equal"
                 lines.append(

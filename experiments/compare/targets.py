@@ -12,12 +12,13 @@ from typing import Any
 
 from common.config import RunConfig
 from common.datasets import PENGUIN_ISLANDS
+from common.metric_names import metric_higher_is_better
 from experiments.compare.collect import Aggregate, Collected, RowKey, default_key, row_key
 from experiments.compare.grid import LABELS, Grid
 from experiments.compare.references import CENTRALIZED, CENTRALIZED_TUNED
 from experiments.compare.tables import fmt, pts
 from experiments.kit.runner import Timings, hms
-from experiments.kit.scores import higher_is_better, mean_classification_accuracy, task_headlines
+from experiments.kit.scores import mean_classification_accuracy, task_headlines
 from experiments.kit.stats import mean_ci, mean_std, paired_verdict
 from server.results import read_metrics
 
@@ -375,7 +376,7 @@ def _penguins_targets(
             if (cid, task) not in loc:
                 continue
             lv = loc[(cid, task)][0]
-            good = m >= lv if higher_is_better(metric) else m <= lv
+            good = m >= lv if metric_higher_is_better(metric) else m <= lv
             ok &= good
             f = (lambda v: f"{100 * v:.1f}") if metric == "accuracy" else (lambda v: f"{v:.0f}")
             known = cid.isdigit() and int(cid) < len(PENGUIN_ISLANDS)

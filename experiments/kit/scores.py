@@ -16,22 +16,16 @@ from typing import Any
 from common.metric_names import HEADLINE_METRICS, metric_higher_is_better
 from experiments.kit.stats import nanmean
 
-HEADLINES = HEADLINE_METRICS  # as server.results.headline reads them
-
 PerClient = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
 def headline_metric(metrics: Mapping[str, Any]) -> str | None:
     """The metric a task is judged by ('accuracy', 'mae', 'miou', 'abs_rel'), from its
     available keys."""
-    for name in HEADLINES:
+    for name in HEADLINE_METRICS:  # as server.results.headline reads them
         if f"test/{name}" in metrics:
             return name
     return None
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric_higher_is_better(metric)
 
 
 def task_headlines(summary: Mapping[str, Any]) -> dict[str, str]:
@@ -65,7 +59,7 @@ def relative_delta(method: float, reference: float, metric: str) -> float:
     """One Δ term in percent; nan where the reference is 0 (undefined ratio)."""
     if reference == 0 or not (math.isfinite(method) and math.isfinite(reference)):
         return math.nan
-    sign = -1.0 if higher_is_better(metric) else 1.0
+    sign = -1.0 if metric_higher_is_better(metric) else 1.0
     return sign * (method - reference) / abs(reference) * 100.0
 
 
