@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -244,12 +245,26 @@ EVAL_CHUNK = 1024  # at most this many examples per forward pass in evaluation
 EVAL_ACTIVATION_BYTES = 16 * 2**20  # and about at most this much in its largest activation
 
 
+# Per model and input shape: activation sizes depend on the architecture and the input, not
+# on the weights, so a model (a warm actor keeps its clients' models) is probed once.
+_EVAL_ROWS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def eval_rows(model: MultiTaskModel, row_shape: tuple[int, ...]) -> int:
     """Examples per forward pass in evaluation: `EVAL_CHUNK`, or fewer where one example's
     largest activation (measured by hooks on a one-example probe) would make a pass hold
     more than `EVAL_ACTIVATION_BYTES` in it. A ResNet's first stage on 64×64 images holds
     256 KiB per example: 1,024 of them would hold 256 MiB per tensor. Memory, not results:
     8×16 digits and tabular inputs stay at `EVAL_CHUNK`."""
+    known = _EVAL_ROWS.setdefault(model, {})
+    if row_shape not in known:
+        known[row_shape] = _probe_rows(model, row_shape)
+    return known[row_shape]
+
+
+def _probe_rows(model: MultiTaskModel, row_shape: tuple[int, ...]) -> int:
     largest = 0
 
     def measure(_module: nn.Module, _inputs: object, output: object) -> None:

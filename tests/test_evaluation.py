@@ -37,9 +37,22 @@ def test_the_chunk_size_changes_memory_not_the_metrics(monkeypatch) -> None:
     model = build_model(cfg, data.tasks, data.input_shape)
     whole = evaluate(model, data.test, data.tasks)
     monkeypatch.setattr(train, "EVAL_ACTIVATION_BYTES", 1)  # one example per pass
+    train._EVAL_ROWS.clear()  # the size was measured for this model under the old limit
     assert eval_rows(model, data.input_shape) == 1
     single = evaluate(model, data.test, data.tasks)
     assert whole.keys() == single.keys()
     for task, metrics in whole.items():
         for name, value in metrics.items():
             assert single[task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)
+
+
+def test_a_model_is_probed_once_per_input_shape() -> None:
+    """The probe is a forward pass: a warm client evaluating twice per round pays it once."""
+    cfg = parse_run_config({"encoder": "cnn"})
+    model = build_model(cfg, [TaskSpec("a", "binary", 2)], (8, 16))
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    first = eval_rows(model, (8, 16))
+    assert eval_rows(model, (8, 16)) == first and len(calls) == 1
+    eval_rows(model, (16, 16))  # another input shape is measured
+    assert len(calls) == 2
