@@ -15,7 +15,7 @@ ARGS ?=
 # worker (--dist loadscope), so its fixtures run once.
 TEST_WORKERS ?= 4
 
-.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare bench robustness privacy privacy-audit privacy-population weighting ablation
+.PHONY: run test test-fast lint venv clean deploy-local compose-lint compare converged bench robustness privacy privacy-audit privacy-population weighting ablation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ compose-lint:
 # Experiments: each writes its report under docs/ (see the README).
 compare: $(STAMP)
 	$(PY) -m experiments.compare $(ARGS)
+
+# MultiDigits α=0.5 at a converged budget (50 rounds, 5 seeds): the rows its targets read.
+CONVERGED := --datasets multidigits --alphas 0.5 --seeds 0 1 2 3 4 -c num-server-rounds=50 \
+	--algorithms local single-task fedavg fedavg-ft fedper fedrep ditto fedrod centralized-tuned \
+	--no-transfer --grid-dir results/compare/converged --docs docs/CONVERGED.md \
+	--plots-dir docs/converged
+converged: $(STAMP)
+	$(PY) -m experiments.compare $(CONVERGED) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench $(ARGS)
