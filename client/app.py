@@ -175,7 +175,8 @@ class ClientSession:
             f"client {self.data.client_id}: local training in round {server_round} produced "
             f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])}"
             f"{', …' if len(bad) > 3 else ''}); the update is withheld and the private state "
-            f"of round {self.meta.get('round', 0)} is kept (lower 'lr' or enable clipping)"
+            f"of round {self.meta.get('round', 0)} is kept (lower 'lr' or set 'max-grad-norm', "
+            "e.g. 1.0)"
         )
 
     def reply_arrays(self, server_round: int) -> dict[str, ArrayRecord | ConfigRecord]:

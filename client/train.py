@@ -145,6 +145,7 @@ def train_epochs(
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     shared = [p for p in model.encoder.parameters() if p.requires_grad]
+    grad_hook = with_clipping(grad_hook, params, cfg.max_grad_norm)
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     scaler = grad_scaler(cfg.amp, device)
     x_all = torch.from_numpy(split.x).to(device)
@@ -178,6 +179,25 @@ def train_epochs(
             totals[k] += v / epochs
         steps += batches
     return TrainStats(float(sum(totals.values())), totals, steps, len(split))
+
+
+def with_clipping(
+    then: Callable[[], None] | None, params: Sequence[torch.Tensor], max_norm: float
+) -> Callable[[], None] | None:
+    """`then`, followed by clipping the gradient norm over `params` to `max_norm`
+    (`max-grad-norm`; 0 leaves the hook as it is). It runs where the hook runs: after the
+    weighting method's backward and, under fp16, on the unscaled gradients, so the norm is
+    the true one. A client whose steps overshoot (a sharp regression head at a high lr)
+    then takes steps from gradients of norm at most `max_norm` instead of diverging."""
+    if max_norm <= 0:
+        return then
+
+    def hook() -> None:
+        if then is not None:
+            then()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    return hook
 
 
 def scaled_step(

@@ -126,6 +126,9 @@ class RunConfig:
     batch_size: int = _key(32, low=1)
     lr: float = _key(0.05, low=0.0, low_open=True)
     momentum: float = _key(0.9, low=0.0, high=0.999)
+    max_grad_norm: float = _key(
+        0.0, low=0.0, doc="clip each local step's gradient norm (all trainable parameters); 0: off"
+    )
     hidden: int = _key(64, low=1)
     num_blocks: int = _key(
         2, low=1, doc="encoder blocks: Linear+ReLU (mlp), conv (cnn), stage (resnet)"
@@ -279,7 +282,11 @@ class RunConfig:
             skip |= {"resnet-depth", "resnet-width"}
         # Keys added later, at the value that behaves as before they existed: older
         # checkpoints resume. Amplification counts: the client sample's randomness changes.
-        for key, before in (("aggregation", "mean"), ("cdp-amplification", "none")):
+        for key, before in (
+            ("aggregation", "mean"),
+            ("cdp-amplification", "none"),
+            ("max-grad-norm", 0.0),
+        ):
             if values[key] == before:
                 skip.add(key)
         d = {k: v for k, v in values.items() if k not in skip}

@@ -133,6 +133,12 @@ def check_privacy_fits(cfg: RunConfig) -> None:
         return
     if cfg.privacy != "dp-sgd":
         return
+    if cfg.max_grad_norm > 0:
+        raise ConfigError(
+            f"max-grad-norm = {cfg.max_grad_norm:g} clips the batch gradient, which DP-SGD "
+            "replaces with per-example clipping: under privacy 'dp-sgd' set dp-max-grad-norm "
+            "instead and max-grad-norm = 0"
+        )
     if cfg.weighting not in DP_SGD_WEIGHTINGS:
         spec = WEIGHTINGS[cfg.weighting]
         why = (
