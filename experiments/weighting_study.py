@@ -7,9 +7,9 @@ Gradient-conflict methods are meant to help when tasks pull the shared encoder i
 directions, i.e. at low task correlation ρ (`synth-correlation`). Every run is a real Flower
 simulation through the kit's runner (finished runs are resumed). The report,
 `docs/WEIGHTING.md`, gives each task's final-round test metric (mean over the clients holding
-it) as mean ± std over seeds, and each method's difference to `ew` paired by seed; a method is
-called better or worse on a task only when the mean paired difference exceeds
-`SIGNIFICANCE_STDS` times its std.
+it) as mean ± std over seeds, and each method's difference to `ew` paired by seed with its
+95 % t interval; a method is called better or worse on a task only when the paired t-test
+rejects "no difference" at α = `ALPHA` (`experiments.kit.stats.paired_verdict`).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from experiments.kit.cells import finished, read_record
 from experiments.kit.report import command, task_counts, training_text, write, written_by
 from experiments.kit.runner import Job, Timings, flower_run, run_jobs
 from experiments.kit.scores import final_metrics, task_delta_m
-from experiments.kit.stats import mean_std, paired, pm
+from experiments.kit.stats import mean_std, paired, paired_verdict, pm
 from experiments.kit.tables import md_header, md_row
 
 METHODS = ("ew", "pcgrad", "mgda", "cagrad")
 CORRELATIONS = (0.1,)
 SEEDS = (0, 1, 2)
-SIGNIFICANCE_STDS = 2.0  # better/worse only when |mean paired difference| > this × its std
+ALPHA = 0.05  # better/worse only when the paired t-test rejects "no difference" at this level
 BASE: dict[str, Any] = {
     "dataset": "synthcorr",
     "algorithm": "fedper",
@@ -101,15 +101,21 @@ def job(settings: StudySettings, cell: Cell) -> Job:
 def paired_difference(
     method: Sequence[float], ew: Sequence[float], higher_is_better: bool
 ) -> dict[str, Any]:
-    """Method − ew per seed. `verdict` is better/worse only when |mean| > SIGNIFICANCE_STDS
-    std of the per-seed differences (sample std; needs ≥ 2 seeds), otherwise n.s."""
+    """Method − ew per seed: the mean, its sample std (the plot's error bar), its 95 % t
+    interval and the paired t-test's verdict: "better" / "worse" at α = `ALPHA`, else "n.s."
+    (also with fewer than two seeds)."""
     diff = paired(method, ew).stat
-    std = diff.spread if diff.n > 1 else None
-    verdict = "n.s."
-    if std is not None and abs(diff.mean) > SIGNIFICANCE_STDS * std:
-        improved = diff.mean > 0 if higher_is_better else diff.mean < 0
-        verdict = "better" if improved else "worse"
-    return {"mean": diff.mean, "std": std, "verdict": verdict, "n": diff.n}
+    test = paired_verdict(method, ew, alpha=ALPHA, higher_is_better=higher_is_better)
+    verdict = test.verdict.split()[0] if test.verdict.startswith(("better", "worse")) else "n.s."
+    return {
+        "mean": diff.mean,
+        "std": diff.spread if diff.n > 1 else None,
+        "low": test.low,
+        "high": test.high,
+        "p": test.p,
+        "verdict": verdict,
+        "n": diff.n,
+    }
 
 
 def run_study(
@@ -219,10 +225,10 @@ def write_report(
         + "; each number is the final round's mean over the clients holding the task, then "
         "mean ± std over seeds.",
         "",
-        "Δ vs ew is the per-seed difference (method − ew), mean ± std over seeds. Marked "
-        f"**better**/**worse** only when |mean| > {SIGNIFICANCE_STDS:g} × std of that "
-        "difference; otherwise n.s. Δm (%) is LibMTL's mean relative change over tasks against "
-        "ew (lower is better).",
+        "Δ vs ew is the per-seed difference (method − ew): its mean, its 95 % t interval and "
+        f"the paired t-test's p. Marked **better**/**worse** only when p < {ALPHA:g} "
+        "(two-sided); otherwise n.s. Δm (%) is LibMTL's mean relative change over tasks "
+        "against ew (lower is better).",
         "",
     ]
     verdicts = []
@@ -235,9 +241,13 @@ def write_report(
             ds = []
             for m, d in t["diffs"].items():
                 x = d[task]
-                std = "–" if x["std"] is None else f"{x['std']:.3f}"
+                ci = (
+                    f" [{x['low']:+.3f}, {x['high']:+.3f}], p = {x['p']:.3f}"
+                    if x["std"] is not None
+                    else ""
+                )
                 mark = f"**{x['verdict']}**" if x["verdict"] != "n.s." else "n.s."
-                ds.append(f"{x['mean']:+.3f} ± {std} ({mark})")
+                ds.append(f"{x['mean']:+.3f}{ci} ({mark})")
                 if x["verdict"] != "n.s.":
                     verdicts.append(f"ρ={r:g}: {m} {x['verdict']} than ew on {task}")
             lines.append(md_row(task, t["metric"][task], *cells, *ds))
@@ -252,15 +262,16 @@ def write_report(
     better = [v for v in verdicts if " better " in v]
     worse = [v for v in verdicts if " worse " in v]
     lines.append(
-        f"- Improvements over ew (mean paired difference > {SIGNIFICANCE_STDS:g} std): "
+        f"- Improvements over ew (paired t-test, α = {ALPHA:g}): "
         + ("; ".join(better) if better else "none on any task: no improvement is claimed.")
     )
     if worse:
         lines.append("- Significantly worse than ew: " + "; ".join(worse) + ".")
     lines += [
         "",
-        f"Caveats: {len(settings.seeds)} seed(s) make the {SIGNIFICANCE_STDS:g}-std rule a "
-        "coarse screen (it neither proves nor rules out small effects); "
+        f"Caveats: with {len(settings.seeds)} seed(s) the test only finds large effects, and "
+        f"with {len(table) * (len(settings.methods) - 1)} methods × ρ per task some verdicts "
+        f"at α = {ALPHA:g} are expected by chance (no correction for multiple tests); "
         f"{cfg.num_server_rounds} rounds of {cfg.local_epochs} local epochs on the "
         f"{_train_share():.0%} training split of `samples-per-client = "
         f"{cfg.samples_per_client}` examples per client is a short budget; each method runs "
