@@ -421,9 +421,10 @@ def round_line(row: dict, total: int) -> str:
         if h:
             parts.append(f"{task} {h[0][:3]} {h[1]:.3f}")
     if "central_dp" in row:
-        parts.append(f"ε {row['central_dp']['epsilon']:.2f}")
-        if "epsilon_amplified" in row["central_dp"]:
-            parts.append(f"(amplified {row['central_dp']['epsilon_amplified']:.2f})")
+        dp = row["central_dp"]
+        amplified = dp.get("epsilon_amplified")
+        more = "" if amplified is None else f" (amplified {amplified:.2f})"
+        parts.append(f"ε {dp['epsilon']:.2f}{more}")
     if row.get("dp_epsilon"):
         parts.append(f"ε ≤ {max(row['dp_epsilon'].values()):.2f}")
     if row.get("failures"):

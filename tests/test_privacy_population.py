@@ -49,3 +49,12 @@ def test_the_outcome_reads_the_last_release_and_counts_skipped_rounds(tmp_path: 
     page = report(results, (1.0,), (0, 1), BASE, "cmd", 60.0)
     assert "| no DP | 70.0 ± 0.0 | – | ∞ | ∞ | 0, 0 |" in page
     assert "| 1 | 70.0 ± 0.0 |" in page and "| 1.50 ± 0.00 | 0.30 ± 0.00 | 1, 1 |" in page
+
+
+def test_the_progress_line_shows_the_amplified_epsilon_beside_the_enforced_one():
+    from server.rounds import round_line
+
+    row = {"round": 3, "seconds": 1.0, "central_dp": {"epsilon": 9.235}}
+    assert "| ε 9.24 |" in round_line(row, 10)
+    row["central_dp"]["epsilon_amplified"] = 3.68
+    assert "| ε 9.24 (amplified 3.68) |" in round_line(row, 10)
