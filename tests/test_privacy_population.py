@@ -54,7 +54,7 @@ def test_the_outcome_reads_the_last_release_and_counts_skipped_rounds(tmp_path: 
 def test_the_progress_line_shows_the_amplified_epsilon_beside_the_enforced_one():
     from server.rounds import round_line
 
-    row = {"round": 3, "seconds": 1.0, "central_dp": {"epsilon": 9.235}}
+    row = {"round": 3, "seconds": 1.0, "central_dp": {"epsilon": 9.236}}
     assert "| ε 9.24 |" in round_line(row, 10)
     row["central_dp"]["epsilon_amplified"] = 3.68
     assert "| ε 9.24 (amplified 3.68) |" in round_line(row, 10)
