@@ -337,6 +337,32 @@ def test_with_one_or_two_replies_the_bounds_use_recent_rounds() -> None:
     assert "update norm" in rejected[0].reason
 
 
+def test_where_the_server_clips_every_update_a_large_one_is_not_rejected() -> None:
+    """Central DP clipped on the server: a large update is clipped like the others, and
+    rejecting it would withhold the round's release. Clipped on the client, the server
+    cannot clip it and still bounds it."""
+    from common.config import parse_run_config
+
+    def rejected_for(clipping: str) -> list:
+        cfg = parse_run_config(
+            {
+                "privacy": "central-dp",
+                "cdp-clipping": clipping,
+                "cdp-clipped-count-stddev": 1.0,
+                "max-update-ratio": 10.0,
+            }
+        )
+        check = ReplyValidator.for_run(cfg)
+        check.layout = LAYOUT  # the fake replies' heads
+        replies = [train_reply(n, metrics={"num-examples": 1, "train-loss": 1.0}) for n in (1, 2)]
+        huge = train_reply(3, update=1000.0, metrics={"num-examples": 1, "train-loss": 1.0})
+        return check.check_train(1, [*replies, huge], SENT)[1]
+
+    assert rejected_for("fixed-server") == [] and rejected_for("adaptive-server") == []
+    (rejection,) = rejected_for("fixed-client")
+    assert rejection.reason == "update norm 2.45e+03 exceeds 10 × median = 2.45"
+
+
 def test_two_first_replies_are_bounded_by_the_smaller() -> None:
     good, rejected = validator().check_train(
         1, [train_reply(1), train_reply(2, update=1000.0)], SENT
