@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = sum(per_cell.get(run_name(*c, setting), 0.0) for c in all_cells)
     cmd = command("experiments.ablation", given)
     curve = curves(summaries, args.results_dir, variants, setting)  # type: ignore[arg-type]
-    png = out.parent / f"{setting}-curves.png"
+    png = out.with_name(f"{out.stem}-curves.png")  # next to its report, named after it
     tasks = sorted(table["tasks"])
     plot_rounds(curve, tasks, table["metric"], f"{setting} ablation", png)
     write(out, report(table, variants, seeds, base, cmd, wall, curve, png.name))
