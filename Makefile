@@ -9,11 +9,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedmtl-installed
 TORCH := torch==2.13.0
 ARGS ?=
-# pytest worker processes. Much of a real simulation's time is Flower and Ray waiting (a
-# whole run on 3 workers kept 2 cores about 40 % busy), so workers (each with its own
-# SuperLink and Ray head) overlap those waits, even on two cores; a module stays whole on one
-# worker (--dist loadscope), so its fixtures run once.
-TEST_WORKERS ?= 4
+# pytest worker processes. Much of a real simulation's time is Flower and Ray waiting, so
+# workers (each with its own SuperLink and Ray head) overlap those waits, even on two cores;
+# a module stays whole on one worker (--dist loadscope), so its fixtures run once.
+TEST_WORKERS ?= 3
 
 .PHONY: run test test-fast lint venv clean deploy-local compose-lint compare converged bench robustness privacy privacy-audit privacy-population weighting ablation
 
