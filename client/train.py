@@ -249,16 +249,8 @@ def fedrep_body_hook(
     overshoots and kills ReLU units, and averaging hands the dead units to every client.
     Measured on MultiDigits (α = 0.5, 10 rounds, bare loop): without it the averaged encoder
     had 39 % / 64 % dead units and FedRep stayed at majority-class accuracy."""
-    if cfg.fedrep_max_grad_norm <= 0:
-        return then
     params = [p for p in model.encoder.parameters() if p.requires_grad]
-
-    def hook() -> None:
-        if then is not None:
-            then()
-        torch.nn.utils.clip_grad_norm_(params, cfg.fedrep_max_grad_norm)
-
-    return hook
+    return with_clipping(then, params, cfg.fedrep_max_grad_norm)
 
 
 EVAL_CHUNK = 1024  # at most this many examples per forward pass in evaluation

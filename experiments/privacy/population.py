@@ -55,6 +55,7 @@ BASE: dict[str, Any] = {
 RESULTS_DIR = REPO / "results" / "privacy-population"
 OUT = REPO / "docs" / "privacy" / "population.md"
 CELL_TIMEOUT_S = 3600.0
+_MODULE = "experiments.privacy.population"  # the command a report names
 
 Cell = tuple[float, int]  # (σ, 0 for no DP; seed)
 
@@ -220,8 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     return 0
 
-
-_MODULE = "experiments.privacy.population"
 
 if __name__ == "__main__":
     sys.exit(main())
